@@ -1,0 +1,373 @@
+//! The subcommands: `run` (the daemon), `process`, `enqueue`, `status` and `check`.
+//!
+//! Each takes the validated [`Config`] and returns the process exit status, or an error that
+//! `main` prints once. Usage and configuration errors are [`CommandError::Usage`] (exit 2);
+//! everything else that stops a command is exit 1.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::backend;
+use crate::config::Config;
+use crate::job::{self, Job};
+use crate::queue::{self, Keys, Queue};
+use crate::shutdown::Shutdown;
+use crate::worker::{self, Pipeline, Worker};
+
+/// Why a command stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// A usage or configuration problem: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else: exit 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+type CommandResult = Result<u8, CommandError>;
+
+fn failed(context: &str) -> impl FnOnce(String) -> CommandError + '_ {
+    move |err| CommandError::Failed(format!("{context}: {err}"))
+}
+
+/// Canonicalises the input roots; a root that does not exist is a configuration error.
+fn canonical_roots(config: &Config) -> Result<Vec<PathBuf>, CommandError> {
+    config
+        .input_roots
+        .iter()
+        .map(|root| {
+            root.canonicalize().map_err(|err| {
+                CommandError::Usage(format!(
+                    "input root {} is not usable: {err}",
+                    root.display()
+                ))
+            })
+        })
+        .collect()
+}
+
+fn ensure_output_root(root: &Path) -> Result<(), CommandError> {
+    fs::create_dir_all(root).map_err(|err| {
+        CommandError::Failed(format!(
+            "output root {} cannot be created: {err}",
+            root.display()
+        ))
+    })
+}
+
+fn start_backend(
+    config: &Config,
+) -> Result<(backend::BackendThread, backend::BackendHandle, String), CommandError> {
+    backend::start(config.backend, config.workers).map_err(|err| match err {
+        backend::BackendError::Unavailable(reason) => CommandError::Usage(reason),
+        other => CommandError::Failed(other.to_string()),
+    })
+}
+
+/// The daemon: workers until SIGTERM or SIGINT, then a drain.
+pub fn run(config: Config) -> CommandResult {
+    let shutdown =
+        Shutdown::install().map_err(|e| failed("cannot install signal handlers")(e.to_string()))?;
+    let roots = canonical_roots(&config)?;
+    ensure_output_root(&config.output_root)?;
+    let (backend_thread, handle, description) = start_backend(&config)?;
+    let config = Arc::new(config);
+    log::info!(
+        "image-worker {} starting workers={} backend=\"{description}\" redis={} output_root={}",
+        env!("CARGO_PKG_VERSION"),
+        config.workers,
+        config.redis_url,
+        config.output_root.display()
+    );
+
+    let pipeline = Arc::new(Pipeline::new(Arc::clone(&config), handle, Some(roots)));
+    let mut threads = Vec::new();
+    for index in 0..config.workers {
+        let consumer = queue::consumer_id(&config.hostname, index);
+        let worker = Worker {
+            queue: Queue::new(&config.redis_url, &config.keys, &consumer)
+                .map_err(|e| CommandError::Usage(e.to_string()))?,
+            consumer: consumer.clone(),
+            pipeline: Arc::clone(&pipeline),
+            config: Arc::clone(&config),
+            shutdown: shutdown.clone(),
+        };
+        let spawned = thread::Builder::new()
+            .name(format!("worker-{index}"))
+            .spawn(move || worker.run());
+        threads.push(spawned.map_err(|e| failed("cannot start a worker thread")(e.to_string()))?);
+    }
+    let promoter_queue = Queue::new(
+        &config.redis_url,
+        &config.keys,
+        &format!("{}:promoter", config.hostname),
+    )
+    .map_err(|e| CommandError::Usage(e.to_string()))?;
+    let promoter_stop = shutdown.clone();
+    let promoter = thread::Builder::new()
+        .name("promoter".into())
+        .spawn(move || {
+            worker::promote_retries(promoter_queue, promoter_stop, Duration::from_millis(250))
+        })
+        .map_err(|e| failed("cannot start the retry promoter")(e.to_string()))?;
+
+    for thread in threads {
+        let _ = thread.join();
+    }
+    let _ = promoter.join();
+    // The workers held the last handles; the backend thread ends once it has answered them.
+    drop(pipeline);
+    backend_thread.join();
+    if shutdown.is_fatal() {
+        return Err(CommandError::Failed(
+            "stopped after a fatal error (see above)".into(),
+        ));
+    }
+    log::info!("image-worker stopped cleanly");
+    Ok(0)
+}
+
+/// A job id made from a file name: its stem with every character outside `[A-Za-z0-9_-]`
+/// replaced by `_`, at most 128 characters.
+pub fn id_from_path(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let id: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(128)
+        .collect();
+    if id.is_empty() { "image".into() } else { id }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, CommandError> {
+    std::path::absolute(path)
+        .map_err(|err| CommandError::Usage(format!("{}: {err}", path.display())))
+}
+
+/// One image through the same pipeline, without Redis; prints the done message.
+pub fn process(mut config: Config, file: &Path, out: &Path, id: Option<String>) -> CommandResult {
+    config.output_root = absolute(out)?;
+    ensure_output_root(&config.output_root)?;
+    let input = absolute(file)?;
+    let id = id.unwrap_or_else(|| id_from_path(&input));
+    job::validate_id(&id).map_err(|err| CommandError::Usage(err.to_string()))?;
+    let raw = json!({"id": id, "input": input}).to_string();
+    let job = Job::parse(raw.as_bytes()).map_err(|err| CommandError::Usage(err.to_string()))?;
+
+    let (backend_thread, handle, _) = start_backend(&config)?;
+    let pipeline = Pipeline::new(Arc::new(config), handle, None);
+    let result = pipeline.run_caught(&job);
+    drop(pipeline);
+    backend_thread.join();
+    let report = result.map_err(|err| CommandError::Failed(format!("{} ({})", err, err.kind())))?;
+    println!("{}", worker::done_message(&job, &report, 1, "process"));
+    Ok(0)
+}
+
+fn connect(config: &Config) -> Result<redis::Connection, CommandError> {
+    let client = redis::Client::open(config.redis_url.as_str())
+        .map_err(|err| CommandError::Usage(format!("redis url {}: {err}", config.redis_url)))?;
+    client
+        .get_connection_with_timeout(Duration::from_secs(3))
+        .map_err(|err| {
+            CommandError::Failed(format!("cannot reach redis at {}: {err}", config.redis_url))
+        })
+}
+
+/// Pushes one job per file, with an id from the file name.
+pub fn enqueue(config: Config, files: &[PathBuf]) -> CommandResult {
+    let mut conn = connect(&config)?;
+    let keys = Keys::new(&config.keys);
+    let roots = canonical_roots(&config).unwrap_or_default();
+    for file in files {
+        let input = absolute(file)?;
+        let inside = input
+            .canonicalize()
+            .is_ok_and(|c| roots.iter().any(|r| c.starts_with(r)));
+        if !inside {
+            log::warn!(
+                "{} is not inside an input root; the worker will refuse it",
+                input.display()
+            );
+        }
+        let id = id_from_path(&input);
+        let payload = json!({"id": id, "input": input, "enqueued_at": job::now_ms()}).to_string();
+        redis::cmd("LPUSH")
+            .arg(&keys.jobs)
+            .arg(&payload)
+            .query::<()>(&mut conn)
+            .map_err(|err| CommandError::Failed(format!("LPUSH {}: {err}", keys.jobs)))?;
+        println!("enqueued id={id} input={}", input.display());
+    }
+    Ok(0)
+}
+
+/// Prints queue depths, the retry set, outcome counts and every processing list.
+pub fn status(config: Config) -> CommandResult {
+    let mut conn = connect(&config)?;
+    let keys = Keys::new(&config.keys);
+    let q = |e: redis::RedisError| CommandError::Failed(format!("redis: {e}"));
+    let waiting: u64 = redis::cmd("LLEN")
+        .arg(&keys.jobs)
+        .query(&mut conn)
+        .map_err(q)?;
+    let retrying: u64 = redis::cmd("ZCARD")
+        .arg(&keys.retry)
+        .query(&mut conn)
+        .map_err(q)?;
+    let next: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(&keys.retry)
+        .arg(0)
+        .arg(0)
+        .arg("WITHSCORES")
+        .query(&mut conn)
+        .map_err(q)?;
+    let done: u64 = redis::cmd("LLEN")
+        .arg(&keys.done)
+        .query(&mut conn)
+        .map_err(q)?;
+    let failed_count: u64 = redis::cmd("LLEN")
+        .arg(&keys.failed)
+        .query(&mut conn)
+        .map_err(q)?;
+
+    println!("redis       {}", config.redis_url);
+    println!("queue       {:<40} {waiting} waiting", keys.jobs);
+    let due = next.first().map(|(_, score)| {
+        let seconds = (*score - job::now_ms() as f64) / 1000.0;
+        format!(" (next due in {:.1} s)", seconds.max(0.0))
+    });
+    println!(
+        "retry       {:<40} {retrying}{}",
+        keys.retry,
+        due.unwrap_or_default()
+    );
+    println!("done        {:<40} {done}", keys.done);
+    println!("failed      {:<40} {failed_count}", keys.failed);
+    for list in processing_lists(&mut conn, &keys).map_err(q)? {
+        let held: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(&list)
+            .arg(0)
+            .arg(-1)
+            .query(&mut conn)
+            .map_err(q)?;
+        let ids: Vec<String> = held
+            .iter()
+            .map(|raw| Job::parse(raw).map(|j| j.id).unwrap_or_else(|_| "?".into()))
+            .collect();
+        println!(
+            "processing  {list:<40} {} claimed {}",
+            held.len(),
+            ids.join(" ")
+        );
+    }
+    Ok(0)
+}
+
+/// The registered processing lists and any others that exist, sorted.
+fn processing_lists(conn: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<Vec<String>> {
+    let mut lists: Vec<String> = redis::cmd("SMEMBERS").arg(&keys.consumers).query(conn)?;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(keys.processing_pattern())
+            .arg("COUNT")
+            .arg(500)
+            .query(conn)?;
+        lists.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    lists.sort();
+    lists.dedup();
+    Ok(lists)
+}
+
+/// Checks config, Redis, the roots and the backend; exit 0 only if all answer.
+pub fn check(config: Config) -> CommandResult {
+    let mut all_ok = true;
+    let mut report = |what: &str, result: Result<String, String>| {
+        match &result {
+            Ok(detail) => println!("ok    {what:<8} {detail}"),
+            Err(detail) => println!("FAIL  {what:<8} {detail}"),
+        }
+        all_ok &= result.is_ok();
+    };
+    report("config", Ok("valid".into()));
+    report("redis", check_redis(&config));
+    for root in &config.input_roots {
+        report("input", check_input_root(root));
+    }
+    report("output", check_output_root(&config.output_root));
+    report(
+        "backend",
+        backend::start(config.backend, 1)
+            .map(|(thread, handle, description)| {
+                drop(handle);
+                thread.join();
+                description
+            })
+            .map_err(|err| err.to_string()),
+    );
+    Ok(if all_ok { 0 } else { 1 })
+}
+
+fn check_redis(config: &Config) -> Result<String, String> {
+    let mut conn = connect(config).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let pong: String = redis::cmd("PING")
+        .query(&mut conn)
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{} answered {pong} in {:.1} ms",
+        config.redis_url,
+        started.elapsed().as_secs_f64() * 1e3
+    ))
+}
+
+fn check_input_root(root: &Path) -> Result<String, String> {
+    match fs::read_dir(root) {
+        Ok(_) => Ok(format!("{} readable", root.display())),
+        Err(err) => Err(format!("{}: {err}", root.display())),
+    }
+}
+
+fn check_output_root(root: &Path) -> Result<String, String> {
+    let probe = root.join(format!(".check-{}", std::process::id()));
+    fs::write(&probe, b"probe")
+        .and_then(|()| fs::remove_file(&probe))
+        .map(|()| format!("{} writable", root.display()))
+        .map_err(|err| format!("{} not writable: {err}", root.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_from_file_names_are_valid_ids() {
+        assert_eq!(id_from_path(Path::new("/a/b/IMG 0001.jpeg")), "IMG_0001");
+        assert_eq!(id_from_path(Path::new("/a/été.png")), "_t_");
+        assert_eq!(id_from_path(Path::new("/a/.png")), "_png");
+        assert!(job::validate_id(&id_from_path(Path::new(&"x".repeat(300)))).is_ok());
+    }
+}

@@ -1,0 +1,407 @@
+//! The Redis reliable queue.
+//!
+//! A worker claims a job with `BRPOPLPUSH image_jobs image_jobs:processing:{consumer}`, so the
+//! payload is never only in the worker's memory: until the outcome is written it sits in the
+//! worker's own processing list, where a restarted worker (same consumer id) finds it again.
+//! Every outcome — done, retry, failed — is written in one `MULTI`/`EXEC` together with the
+//! `LREM` of the claimed payload, guarded by `WATCH` on the processing list and a check that the
+//! payload is still there. A job is therefore never both settled and claimed, and an outcome
+//! whose reply was lost with a dropped connection is not written twice on the retry.
+//!
+//! Retries wait in the `image_retry` sorted set (score: due time in ms) and are moved back to
+//! `image_jobs` by an atomic script when due.
+//!
+//! Every call goes through [`Queue::call`], which survives a dropped connection: it reconnects
+//! with capped exponential backoff and logs once per change of the link's state for the whole
+//! process, not once per try.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use redis::{Connection, RedisResult, Script};
+
+use crate::config::{KeyNaming, RetryPolicy};
+
+/// How long one `BRPOPLPUSH` blocks, so that the stop flag is seen at least this often.
+pub const CLAIM_BLOCK: Duration = Duration::from_secs(1);
+
+/// The read timeout of every connection: longer than the block, so a blocked claim is never
+/// mistaken for a dead server.
+const READ_TIMEOUT: Duration = Duration::from_secs(4);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The names of every key of one deployment, derived from one prefix.
+///
+/// With the default prefix `image` they are the design's names: `image_jobs`,
+/// `image_jobs:processing:{consumer}`, `image_retry`, `image_done`, `image_failed`. With the hash
+/// tag option the prefix is written `{image}`, so Redis Cluster puts every key in one slot and
+/// the transactions and scripts that touch two keys stay legal.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    pub jobs: String,
+    pub retry: String,
+    pub done: String,
+    pub failed: String,
+    /// The set of every processing list ever registered by a worker.
+    pub consumers: String,
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(naming: &KeyNaming) -> Keys {
+        let prefix = if naming.hash_tag {
+            format!("{{{}}}", naming.prefix)
+        } else {
+            naming.prefix.clone()
+        };
+        Keys {
+            jobs: format!("{prefix}_jobs"),
+            retry: format!("{prefix}_retry"),
+            done: format!("{prefix}_done"),
+            failed: format!("{prefix}_failed"),
+            consumers: format!("{prefix}_worker:consumers"),
+            prefix,
+        }
+    }
+
+    /// The processing list of one consumer.
+    pub fn processing(&self, consumer: &str) -> String {
+        format!("{}_jobs:processing:{consumer}", self.prefix)
+    }
+
+    /// The pattern matching every processing list.
+    pub fn processing_pattern(&self) -> String {
+        // A hash tag's braces are literal in a pattern except for glob characters, which the
+        // prefix charset excludes.
+        format!("{}_jobs:processing:*", self.prefix)
+    }
+}
+
+/// A stable consumer id: the same host and worker index give the same id after a restart.
+pub fn consumer_id(hostname: &str, index: usize) -> String {
+    format!("{hostname}:{index}")
+}
+
+/// A Redis call that failed even after reconnecting, or was abandoned because the worker is
+/// stopping.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("redis call abandoned while stopping: {0}")]
+    Stopping(String),
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Whether the link to Redis is down, as last logged by any thread of this process.
+static LINK_DOWN: AtomicBool = AtomicBool::new(false);
+
+fn note_link_down(url: &str, err: &redis::RedisError) {
+    if !LINK_DOWN.swap(true, Ordering::SeqCst) {
+        log::warn!("redis unreachable url={url} error=\"{err}\"; retrying with backoff");
+    }
+}
+
+fn note_link_up(url: &str) {
+    if LINK_DOWN.swap(false, Ordering::SeqCst) {
+        log::info!("redis reachable again url={url}");
+    }
+}
+
+/// How a settle call ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// The outcome was written and the claim removed, in one transaction.
+    Written,
+    /// The claimed payload was no longer in the processing list: an earlier try of this same
+    /// write committed before its reply was lost, or the job was moved back to the queue by
+    /// `requeue-stuck`. Nothing was written.
+    AlreadyGone,
+}
+
+/// The outcome of a job, as written to Redis.
+pub enum Outcome<'a> {
+    Done(&'a str),
+    Failed(&'a str),
+    RetryAt { payload: &'a str, due_ms: u64 },
+}
+
+/// One worker's connection to the queue.
+pub struct Queue {
+    client: redis::Client,
+    url: String,
+    conn: Option<Connection>,
+    pub keys: Keys,
+    processing: String,
+    /// Set when a new connection replaced a failed one (and at start): the processing list
+    /// may then hold a job this worker has not seen, so it must be scanned.
+    reconnected: bool,
+}
+
+impl Queue {
+    /// A queue for `consumer`; no connection is made until the first call.
+    pub fn new(url: &str, naming: &KeyNaming, consumer: &str) -> Result<Queue, QueueError> {
+        let keys = Keys::new(naming);
+        Ok(Queue {
+            client: redis::Client::open(url)?,
+            url: url.to_owned(),
+            conn: None,
+            processing: keys.processing(consumer),
+            keys,
+            reconnected: true,
+        })
+    }
+
+    pub fn processing_key(&self) -> &str {
+        &self.processing
+    }
+
+    /// Whether the processing list must be scanned for orphans; clears the mark.
+    pub fn take_reconnected(&mut self) -> bool {
+        std::mem::take(&mut self.reconnected)
+    }
+
+    /// Runs `op`, reconnecting and retrying with backoff until it succeeds or `stopping`
+    /// says to give up. Errors of the server itself (a wrong type, a script error) are retried
+    /// the same way: they need an operator, and the job must not be lost meanwhile.
+    pub fn call<T>(
+        &mut self,
+        stopping: &dyn Fn() -> bool,
+        mut op: impl FnMut(&mut Connection, &Keys, &str) -> RedisResult<T>,
+    ) -> Result<T, QueueError> {
+        let mut delay = BACKOFF_FIRST;
+        loop {
+            let err = match connect(&self.client, &mut self.conn, &mut self.reconnected) {
+                Ok(conn) => match op(conn, &self.keys, &self.processing) {
+                    Ok(value) => {
+                        note_link_up(&self.url);
+                        return Ok(value);
+                    }
+                    Err(err) => err,
+                },
+                Err(err) => err,
+            };
+            // A connection that saw any error may hold half a reply or a WATCH: start afresh.
+            self.conn = None;
+            note_link_down(&self.url, &err);
+            if stopping() {
+                return Err(QueueError::Stopping(err.to_string()));
+            }
+            thread::sleep(delay);
+            delay = (delay * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Registers this worker's processing list in the consumers set.
+    pub fn register(&mut self, stopping: &dyn Fn() -> bool) -> Result<(), QueueError> {
+        self.call(stopping, |conn, keys, processing| {
+            redis::cmd("SADD")
+                .arg(&keys.consumers)
+                .arg(processing)
+                .query::<()>(conn)
+        })
+    }
+
+    /// Blocks up to [`CLAIM_BLOCK`] for a job and moves it into this worker's processing list.
+    pub fn claim(&mut self, stopping: &dyn Fn() -> bool) -> Result<Option<Vec<u8>>, QueueError> {
+        self.call(stopping, |conn, keys, processing| {
+            redis::cmd("BRPOPLPUSH")
+                .arg(&keys.jobs)
+                .arg(processing)
+                .arg(CLAIM_BLOCK.as_secs())
+                .query(conn)
+        })
+    }
+
+    /// The payloads in this worker's processing list, oldest claim first.
+    pub fn orphans(&mut self, stopping: &dyn Fn() -> bool) -> Result<Vec<Vec<u8>>, QueueError> {
+        let mut held: Vec<Vec<u8>> = self.call(stopping, |conn, _, processing| {
+            redis::cmd("LRANGE")
+                .arg(processing)
+                .arg(0)
+                .arg(-1)
+                .query(conn)
+        })?;
+        // Claims are pushed at the head, so the oldest is last.
+        held.reverse();
+        Ok(held)
+    }
+
+    /// Writes `outcome` for the claimed `raw` payload and removes the claim, atomically.
+    pub fn settle(
+        &mut self,
+        raw: &[u8],
+        outcome: &Outcome<'_>,
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<Settled, QueueError> {
+        self.call(stopping, |conn, keys, processing| {
+            settle_once(conn, keys, processing, raw, outcome)
+        })
+    }
+
+    /// Moves up to `limit` retries that are due by `now_ms` back to the job queue.
+    pub fn promote_due(
+        &mut self,
+        now_ms: u64,
+        limit: usize,
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<usize, QueueError> {
+        let script = Script::new(PROMOTE_SCRIPT);
+        self.call(stopping, |conn, keys, _| {
+            script
+                .key(&keys.retry)
+                .key(&keys.jobs)
+                .arg(now_ms)
+                .arg(limit)
+                .invoke(conn)
+        })
+    }
+}
+
+/// The open connection, or a new one; a new one marks the processing list for a scan.
+fn connect<'c>(
+    client: &redis::Client,
+    slot: &'c mut Option<Connection>,
+    reconnected: &mut bool,
+) -> RedisResult<&'c mut Connection> {
+    if slot.is_none() {
+        let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        conn.set_read_timeout(Some(READ_TIMEOUT))?;
+        conn.set_write_timeout(Some(READ_TIMEOUT))?;
+        *slot = Some(conn);
+        *reconnected = true;
+    }
+    Ok(slot.as_mut().expect("connected above"))
+}
+
+/// One optimistic transaction; retried from the top when `EXEC` is aborted by a change of the
+/// watched processing list.
+fn settle_once(
+    conn: &mut Connection,
+    keys: &Keys,
+    processing: &str,
+    raw: &[u8],
+    outcome: &Outcome<'_>,
+) -> RedisResult<Settled> {
+    loop {
+        let (position,): (Option<i64>,) = redis::pipe()
+            .cmd("WATCH")
+            .arg(processing)
+            .ignore()
+            .cmd("LPOS")
+            .arg(processing)
+            .arg(raw)
+            .query(conn)?;
+        if position.is_none() {
+            redis::cmd("UNWATCH").query::<()>(conn)?;
+            return Ok(Settled::AlreadyGone);
+        }
+        let mut tx = redis::pipe();
+        tx.atomic();
+        match outcome {
+            Outcome::Done(message) => tx.cmd("LPUSH").arg(&keys.done).arg(*message).ignore(),
+            Outcome::Failed(message) => tx.cmd("LPUSH").arg(&keys.failed).arg(*message).ignore(),
+            Outcome::RetryAt { payload, due_ms } => tx
+                .cmd("ZADD")
+                .arg(&keys.retry)
+                .arg(*due_ms)
+                .arg(*payload)
+                .ignore(),
+        };
+        tx.cmd("LREM").arg(processing).arg(1).arg(raw).ignore();
+        let committed: Option<()> = tx.query(conn)?;
+        if committed.is_some() {
+            return Ok(Settled::Written);
+        }
+    }
+}
+
+/// Moves due members of the retry set to the job queue; returns how many moved.
+const PROMOTE_SCRIPT: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, payload in ipairs(due) do
+  redis.call('ZREM', KEYS[1], payload)
+  redis.call('LPUSH', KEYS[2], payload)
+end
+return #due
+";
+
+/// The delay before attempt `attempts + 1`, after `attempts` attempts have failed: the base
+/// doubled per failure, capped, with the upper half jittered so that jobs that failed together
+/// do not all come back together.
+pub fn backoff_ms(policy: &RetryPolicy, attempts: u32) -> u64 {
+    let doublings = attempts.saturating_sub(1).min(40);
+    let full = policy
+        .base_ms
+        .saturating_mul(1u64 << doublings)
+        .min(policy.max_ms);
+    let half = full / 2;
+    full - half + random_below(half + 1)
+}
+
+fn random_below(n: u64) -> u64 {
+    // Every RandomState gets fresh keys, so hashing nothing gives a new number each time;
+    // that is all the randomness jitter needs.
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u8(0);
+    hasher.finish() % n.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_keys_are_the_designs_names() {
+        let keys = Keys::new(&KeyNaming {
+            prefix: "image".into(),
+            hash_tag: false,
+        });
+        assert_eq!(keys.jobs, "image_jobs");
+        assert_eq!(keys.retry, "image_retry");
+        assert_eq!(keys.done, "image_done");
+        assert_eq!(keys.failed, "image_failed");
+        assert_eq!(keys.processing("web-1:0"), "image_jobs:processing:web-1:0");
+    }
+
+    #[test]
+    fn hash_tag_wraps_the_prefix_of_every_key() {
+        let keys = Keys::new(&KeyNaming {
+            prefix: "image".into(),
+            hash_tag: true,
+        });
+        for key in [
+            &keys.jobs,
+            &keys.retry,
+            &keys.done,
+            &keys.failed,
+            &keys.processing("h:1"),
+        ] {
+            assert!(key.starts_with("{image}_"), "{key}");
+        }
+    }
+
+    #[test]
+    fn consumer_ids_are_stable() {
+        assert_eq!(consumer_id("web-1", 3), "web-1:3");
+        assert_eq!(consumer_id("web-1", 3), consumer_id("web-1", 3));
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_is_capped() {
+        let policy = RetryPolicy {
+            base_ms: 1000,
+            max_ms: 10_000,
+        };
+        for _ in 0..50 {
+            assert!((500..=1000).contains(&backoff_ms(&policy, 1)));
+            assert!((1000..=2000).contains(&backoff_ms(&policy, 2)));
+            assert!((2000..=4000).contains(&backoff_ms(&policy, 3)));
+            assert!((5000..=10_000).contains(&backoff_ms(&policy, 30)));
+        }
+    }
+}

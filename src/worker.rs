@@ -1,0 +1,356 @@
+//! Workers: the pipeline for one job, and the loop that feeds it from the queue.
+//!
+//! [`Pipeline::run`] is the whole job minus Redis: resolve and read the input, decode, render on
+//! the backend thread, encode, write atomically. `image-worker process` calls it directly; the
+//! daemon's [`Worker`] wraps it with a claim before and an outcome after. Each job's outcome is
+//! exactly one of done, retry (transient error, attempts left) or failed, written in the same
+//! transaction that removes the claim. A panic inside a job is caught and treated as a transient
+//! error; the worker goes on with the next job.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+
+use crate::backend::BackendHandle;
+use crate::config::Config;
+use crate::decode::{self, SourceInfo};
+use crate::encode;
+use crate::job::{self, Disposition, Job, JobError};
+use crate::ops;
+use crate::output;
+use crate::queue::{self, Outcome, Queue, QueueError, Settled};
+use crate::shutdown::Shutdown;
+
+/// One written rendition.
+#[derive(Clone, Debug)]
+pub struct OutputRecord {
+    pub rendition: &'static str,
+    pub path: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: u64,
+}
+
+/// Milliseconds spent in each stage of one job.
+#[derive(Clone, Debug, Default)]
+pub struct Timing {
+    pub queue_wait: Option<f64>,
+    pub read: f64,
+    pub decode: f64,
+    pub gpu: f64,
+    pub encode: f64,
+    pub write: f64,
+    pub total: f64,
+}
+
+/// What a successful job produced.
+#[derive(Clone, Debug)]
+pub struct DoneReport {
+    pub outputs: Vec<OutputRecord>,
+    pub source: SourceInfo,
+    pub timing: Timing,
+}
+
+/// The pipeline shared by the daemon's workers and by `process`.
+pub struct Pipeline {
+    config: Arc<Config>,
+    backend: BackendHandle,
+    /// Canonical input roots, or `None` when any readable file may be used (`process`, where
+    /// the operator names the file).
+    input_roots: Option<Vec<PathBuf>>,
+}
+
+fn ms_since(start: Instant) -> f64 {
+    (start.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+impl Pipeline {
+    pub fn new(
+        config: Arc<Config>,
+        backend: BackendHandle,
+        input_roots: Option<Vec<PathBuf>>,
+    ) -> Pipeline {
+        Pipeline {
+            config,
+            backend,
+            input_roots,
+        }
+    }
+
+    /// Runs one job to its written outputs.
+    pub fn run(&self, job: &Job) -> Result<DoneReport, JobError> {
+        let started = Instant::now();
+        let mut timing = Timing::default();
+        let limits = &self.config.limits;
+        let plan = ops::plan_from_ops(job.ops(), &self.config.renditions)
+            .map_err(|reason| JobError::Invalid(format!("job {}: {reason}", job.id)))?;
+        let (path, _) = job::resolve_input(
+            &job.input,
+            self.input_roots.as_deref(),
+            limits.max_input_bytes,
+        )?;
+
+        let stage = Instant::now();
+        let bytes = job::read_input(&path, limits.max_input_bytes)?;
+        timing.read = ms_since(stage);
+
+        let stage = Instant::now();
+        let (image, source) = decode::decode(&bytes, limits)?;
+        drop(bytes);
+        timing.decode = ms_since(stage);
+
+        let stage = Instant::now();
+        let rendered = self.backend.render(image, plan)?;
+        timing.gpu = ms_since(stage);
+
+        let stage = Instant::now();
+        let encoded = rendered
+            .iter()
+            .map(encode::encode_webp)
+            .collect::<Result<Vec<_>, _>>()?;
+        timing.encode = ms_since(stage);
+
+        let stage = Instant::now();
+        let root = &self.config.output_root;
+        let files: Vec<(PathBuf, Vec<u8>)> = rendered
+            .iter()
+            .zip(encoded)
+            .map(|(r, bytes)| {
+                (
+                    output::rendition_path(root, &job.id, r.spec.rendition.name()),
+                    bytes,
+                )
+            })
+            .collect();
+        output::write_all_atomic(&output::job_dir(root, &job.id), &files)?;
+        timing.write = ms_since(stage);
+
+        let outputs = rendered
+            .iter()
+            .zip(files)
+            .map(|(r, (path, bytes))| OutputRecord {
+                rendition: r.spec.rendition.name(),
+                path,
+                width: r.width,
+                height: r.height,
+                bytes: bytes.len() as u64,
+            })
+            .collect();
+        timing.total = ms_since(started);
+        Ok(DoneReport {
+            outputs,
+            source,
+            timing,
+        })
+    }
+
+    /// Runs a job, turning a panic into a transient error.
+    pub fn run_caught(&self, job: &Job) -> Result<DoneReport, JobError> {
+        catch_unwind(AssertUnwindSafe(|| self.run(job))).unwrap_or_else(|payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(JobError::Panic(message))
+        })
+    }
+}
+
+/// The done message: the job's fields, `attempts`, `outputs`, `source`, `timing_ms`,
+/// `consumer` and `finished_at`.
+pub fn done_message(job: &Job, report: &DoneReport, attempts: u32, consumer: &str) -> Value {
+    let mut outputs = Map::new();
+    for o in &report.outputs {
+        outputs.insert(
+            o.rendition.into(),
+            json!({"path": o.path, "width": o.width, "height": o.height, "bytes": o.bytes}),
+        );
+    }
+    let t = &report.timing;
+    let mut fields = job.fields.clone();
+    fields.insert("attempts".into(), attempts.into());
+    fields.insert("outputs".into(), Value::Object(outputs));
+    fields.insert(
+        "source".into(),
+        json!({
+            "format": report.source.format,
+            "width": report.source.width,
+            "height": report.source.height,
+            "orientation": report.source.orientation,
+        }),
+    );
+    fields.insert(
+        "timing_ms".into(),
+        json!({
+            "queue_wait": t.queue_wait, "read": t.read, "decode": t.decode, "gpu": t.gpu,
+            "encode": t.encode, "write": t.write, "total": t.total,
+        }),
+    );
+    fields.insert("consumer".into(), consumer.into());
+    fields.insert("finished_at".into(), job::now_ms().into());
+    Value::Object(fields)
+}
+
+/// One daemon worker thread: claims, runs, settles.
+pub struct Worker {
+    pub consumer: String,
+    pub queue: Queue,
+    pub pipeline: Arc<Pipeline>,
+    pub config: Arc<Config>,
+    pub shutdown: Shutdown,
+}
+
+impl Worker {
+    /// Runs until the stop flag is set and the job in hand is settled.
+    pub fn run(mut self) {
+        let shutdown = self.shutdown.clone();
+        let stopping = move || shutdown.requested();
+        if let Err(err) = self.queue.register(&stopping) {
+            log::debug!("consumer={} not registered: {err}", self.consumer);
+        }
+        log::info!(
+            "worker started consumer={} list={}",
+            self.consumer,
+            self.queue.processing_key()
+        );
+        while !stopping() {
+            if let Err(QueueError::Stopping(_)) = self.step(&stopping) {
+                break;
+            }
+        }
+        log::info!("worker stopped consumer={}", self.consumer);
+    }
+
+    /// Handles any orphans, then one claim.
+    fn step(&mut self, stopping: &dyn Fn() -> bool) -> Result<(), QueueError> {
+        if self.queue.take_reconnected() {
+            for raw in self.queue.orphans(stopping)? {
+                log::info!(
+                    "recovering orphan consumer={} bytes={}",
+                    self.consumer,
+                    raw.len()
+                );
+                self.handle(&raw);
+            }
+            return Ok(());
+        }
+        if let Some(raw) = self.queue.claim(stopping)? {
+            self.handle(&raw);
+        }
+        Ok(())
+    }
+
+    /// Runs one claimed payload and writes its outcome; never gives up on the write.
+    fn handle(&mut self, raw: &[u8]) {
+        let claimed_at = job::now_ms();
+        let job = match Job::parse(raw) {
+            Ok(job) => job,
+            Err(err) => {
+                let message = job::unparsed_failure(raw, &err, &self.consumer).to_string();
+                log::error!(
+                    "job=? outcome=failed kind={} consumer={} error=\"{err}\"",
+                    err.kind(),
+                    self.consumer
+                );
+                self.settle(raw, "?", &Outcome::Failed(&message));
+                return;
+            }
+        };
+        let attempt = job.attempts.saturating_add(1);
+        match self.pipeline.run_caught(&job) {
+            Ok(mut report) => {
+                report.timing.queue_wait = job
+                    .enqueued_at_ms
+                    .map(|at| claimed_at.saturating_sub(at) as f64);
+                let message = done_message(&job, &report, attempt, &self.consumer).to_string();
+                log::info!(
+                    "job={} outcome=done ms={:.1} attempt={attempt} consumer={}",
+                    job.id,
+                    report.timing.total,
+                    self.consumer
+                );
+                self.settle(raw, &job.id, &Outcome::Done(&message));
+            }
+            Err(err) => self.settle_error(raw, &job, attempt, &err),
+        }
+    }
+
+    fn settle_error(&mut self, raw: &[u8], job: &Job, attempt: u32, err: &JobError) {
+        let disposition = err.disposition();
+        if disposition == Disposition::Fatal {
+            self.shutdown
+                .request_fatal(&format!("job={} {err}", job.id));
+        }
+        if disposition == Disposition::Permanent {
+            log::error!(
+                "job={} outcome=failed kind={} attempt={attempt} consumer={} error=\"{err}\"",
+                job.id,
+                err.kind(),
+                self.consumer
+            );
+            let message =
+                job::failed_message(job, &err.to_string(), err.kind(), attempt, &self.consumer);
+            self.settle(raw, &job.id, &Outcome::Failed(&message.to_string()));
+        } else if attempt >= self.config.max_attempts {
+            let error = format!(
+                "gave up after {attempt} attempts; last error ({}): {err}",
+                err.kind()
+            );
+            log::error!(
+                "job={} outcome=failed kind=exhausted attempt={attempt} consumer={} error=\"{err}\"",
+                job.id,
+                self.consumer
+            );
+            let message = job::failed_message(job, &error, "exhausted", attempt, &self.consumer);
+            self.settle(raw, &job.id, &Outcome::Failed(&message.to_string()));
+        } else {
+            let delay = queue::backoff_ms(&self.config.retry, attempt);
+            let due_ms = job::now_ms() + delay;
+            log::warn!(
+                "job={} outcome=retry kind={} attempt={attempt} delay_ms={delay} consumer={} error=\"{err}\"",
+                job.id,
+                err.kind(),
+                self.consumer
+            );
+            let payload = job::retry_payload(job, attempt, err, due_ms).to_string();
+            self.settle(
+                raw,
+                &job.id,
+                &Outcome::RetryAt {
+                    payload: &payload,
+                    due_ms,
+                },
+            );
+        }
+    }
+
+    fn settle(&mut self, raw: &[u8], id: &str, outcome: &Outcome<'_>) {
+        // The outcome is written whatever the stop flag says: stopping means finishing this.
+        match self.queue.settle(raw, outcome, &|| false) {
+            Ok(Settled::Written) => {}
+            Ok(Settled::AlreadyGone) => log::warn!(
+                "job={id} claim was already gone when its outcome was written; nothing written consumer={}",
+                self.consumer
+            ),
+            Err(err) => log::error!(
+                "job={id} outcome not written consumer={}: {err}",
+                self.consumer
+            ),
+        }
+    }
+}
+
+/// Moves due retries back to the queue every `period` until the stop flag is set.
+pub fn promote_retries(mut queue: Queue, shutdown: Shutdown, period: std::time::Duration) {
+    let stopping = || shutdown.requested();
+    while !stopping() {
+        match queue.promote_due(job::now_ms(), 100, &stopping) {
+            Ok(0) | Err(_) => std::thread::sleep(period),
+            Ok(n) => log::debug!("promoted {n} due retries"),
+        }
+    }
+}
