@@ -203,7 +203,13 @@ fn decode_jpeg(
     }
 
     let pixels = if cmyk {
-        color::cmyk_to_srgb_rgba(&samples, icc.as_deref())
+        let mut inks = samples;
+        if has_adobe_marker(bytes) {
+            // Adobe's writers store CMYK inverted (255 = no ink); the decoder passes the stored
+            // values through.
+            inks.iter_mut().for_each(|v| *v = 255 - *v);
+        }
+        color::cmyk_to_srgb_rgba(&inks, icc.as_deref())
     } else {
         let mut pixels = samples;
         if let Some(icc) = &icc {
@@ -220,6 +226,23 @@ fn decode_jpeg(
         },
         orientation,
     ))
+}
+
+/// Whether the JPEG has an Adobe APP14 segment before its first scan.
+fn has_adobe_marker(bytes: &[u8]) -> bool {
+    let mut at = 2; // after SOI
+    while at + 4 <= bytes.len() && bytes[at] == 0xFF {
+        let marker = bytes[at + 1];
+        if marker == 0xDA {
+            return false; // start of scan: no more header segments
+        }
+        let length = u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize;
+        if marker == 0xEE && bytes.get(at + 4..at + 9) == Some(b"Adobe") {
+            return true;
+        }
+        at += 2 + length;
+    }
+    false
 }
 
 fn decode_with_image(

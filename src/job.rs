@@ -16,7 +16,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::backend::BackendError;
 use crate::decode::DecodeError;
@@ -126,14 +126,14 @@ pub fn resolve_input(
             input.display()
         ))
     })?;
-    if let Some(roots) = roots {
-        if !roots.iter().any(|root| canonical.starts_with(root)) {
-            return Err(JobError::Invalid(format!(
-                "input {} resolves to {}, outside the input roots",
-                input.display(),
-                canonical.display()
-            )));
-        }
+    if let Some(roots) = roots
+        && !roots.iter().any(|root| canonical.starts_with(root))
+    {
+        return Err(JobError::Invalid(format!(
+            "input {} resolves to {}, outside the input roots",
+            input.display(),
+            canonical.display()
+        )));
     }
     let meta = canonical.metadata().map_err(|err| {
         JobError::Invalid(format!(
@@ -248,17 +248,23 @@ impl JobError {
     }
 }
 
-/// The failed message for a payload that could not be parsed as a job: the raw payload is
-/// echoed as a string, since there are no fields to echo.
+/// The failed message for a payload that could not be parsed as a job. A JSON object has its
+/// fields echoed like any job's; anything else is echoed as the string `raw`.
 pub fn unparsed_failure(raw: &[u8], error: &JobError, consumer: &str) -> Value {
-    json!({
-        "raw": String::from_utf8_lossy(raw),
-        "error": error.to_string(),
-        "kind": error.kind(),
-        "attempts": 1,
-        "consumer": consumer,
-        "finished_at": now_ms(),
-    })
+    let mut fields = match serde_json::from_slice::<Value>(raw) {
+        Ok(Value::Object(fields)) => fields,
+        _ => {
+            let mut fields = Map::new();
+            fields.insert("raw".into(), String::from_utf8_lossy(raw).into());
+            fields
+        }
+    };
+    fields.insert("error".into(), error.to_string().into());
+    fields.insert("kind".into(), error.kind().into());
+    fields.insert("attempts".into(), 1.into());
+    fields.insert("consumer".into(), consumer.into());
+    fields.insert("finished_at".into(), now_ms().into());
+    Value::Object(fields)
 }
 
 /// The failed message: the job's fields plus `error`, `kind`, `attempts`.
@@ -286,6 +292,7 @@ pub fn retry_payload(job: &Job, attempts: u32, error: &JobError, due_ms: u64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::fs;
 
     #[test]

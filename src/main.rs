@@ -54,7 +54,16 @@ enum Command {
 }
 
 fn command_line() -> clap::Command {
-    SETTINGS.iter().fold(Cli::command(), |command, setting| {
+    // A flag given twice takes its last value, as shells and wrappers expect.
+    let mut root = Cli::command().args_override_self(true);
+    let names: Vec<String> = root
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    for name in names {
+        root = root.mut_subcommand(name, |sub| sub.args_override_self(true));
+    }
+    SETTINGS.iter().fold(root, |command, setting| {
         command.arg(
             Arg::new(setting.key)
                 .long(setting.flag())

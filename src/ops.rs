@@ -252,11 +252,9 @@ pub fn unpremultiply_rgba(pixels: &mut [u8]) {
     for p in pixels.chunks_exact_mut(4) {
         let a = p[3] as u32;
         for c in &mut p[..3] {
-            *c = if a == 0 {
-                0
-            } else {
-                ((*c as u32 * 255 + a / 2) / a).min(255) as u8
-            };
+            *c = (*c as u32 * 255 + a / 2)
+                .checked_div(a)
+                .map_or(0, |v| v.min(255) as u8);
         }
     }
 }
