@@ -173,20 +173,20 @@ fn decode_jpeg(
     let (width, height) = (info.width as u32, info.height as u32);
     // Output RGBA or CMYK plus the decoder's component planes.
     check_dimensions(width, height, 8, limits)?;
-    let cmyk = matches!(
-        header.input_colorspace(),
-        Some(ColorSpace::CMYK | ColorSpace::YCCK)
-    );
+    let input_space = header.input_colorspace();
+    let cmyk = matches!(input_space, Some(ColorSpace::CMYK | ColorSpace::YCCK));
     let icc = header.icc_profile();
     let orientation = header
         .exif()
         .and_then(|exif| Orientation::from_exif_chunk(exif))
         .unwrap_or(Orientation::NoTransforms);
 
-    let out = if cmyk {
-        ColorSpace::CMYK
-    } else {
-        ColorSpace::RGBA
+    // Four-component files are taken raw (the decoder copies them unconverted) and turned into
+    // ink amounts here; everything else comes out as RGBA.
+    let out = match input_space {
+        Some(ColorSpace::YCCK) => ColorSpace::YCCK,
+        Some(ColorSpace::CMYK) => ColorSpace::CMYK,
+        _ => ColorSpace::RGBA,
     };
     let mut decoder =
         JpegDecoder::new_with_options(ZCursor::new(bytes), options.jpeg_set_out_colorspace(out));
@@ -204,9 +204,10 @@ fn decode_jpeg(
 
     let pixels = if cmyk {
         let mut inks = samples;
-        if has_adobe_marker(bytes) {
-            // Adobe's writers store CMYK inverted (255 = no ink); the decoder passes the stored
-            // values through.
+        if out == ColorSpace::YCCK {
+            ycck_to_inks(&mut inks);
+        } else if has_adobe_marker(bytes) {
+            // Adobe's writers store CMYK inverted (255 = no ink).
             inks.iter_mut().for_each(|v| *v = 255 - *v);
         }
         color::cmyk_to_srgb_rgba(&inks, icc.as_deref())
@@ -226,6 +227,22 @@ fn decode_jpeg(
         },
         orientation,
     ))
+}
+
+/// Turns raw YCCK samples into CMYK ink amounts, in place.
+///
+/// Adobe's YCCK is the JFIF YCbCr transform applied to the inverted C, M and Y, with K stored
+/// inverted beside them. Undoing the YCbCr transform therefore gives the inks of C, M and Y
+/// directly, and K is inverted back.
+fn ycck_to_inks(samples: &mut [u8]) {
+    for p in samples.chunks_exact_mut(4) {
+        let (y, cb, cr) = (p[0] as f32, p[1] as f32 - 128.0, p[2] as f32 - 128.0);
+        let clamp = |v: f32| (v + 0.5).clamp(0.0, 255.0) as u8;
+        p[0] = clamp(y + 1.402 * cr);
+        p[1] = clamp(y - 0.344_136 * cb - 0.714_136 * cr);
+        p[2] = clamp(y + 1.772 * cb);
+        p[3] = 255 - p[3];
+    }
 }
 
 /// Whether the JPEG has an Adobe APP14 segment before its first scan.
@@ -368,6 +385,28 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("max_side")
+        );
+    }
+
+    #[test]
+    fn animated_gif_gives_its_first_frame() {
+        use image::codecs::gif::GifEncoder;
+        use image::{Delay, Frame, Rgba};
+        let mut bytes = Vec::new();
+        {
+            let mut encoder = GifEncoder::new(&mut bytes);
+            for colour in [[255, 0, 0, 255], [0, 0, 255, 255]] {
+                let buffer = RgbaImage::from_pixel(4, 4, Rgba(colour));
+                let frame = Frame::from_parts(buffer, 0, 0, Delay::from_numer_denom_ms(10, 1));
+                encoder.encode_frame(frame).unwrap();
+            }
+        }
+        let (image, info) = decode(&bytes, &DecodeLimits::default()).unwrap();
+        assert_eq!(info.format, "gif");
+        assert_eq!(
+            &image.pixels[..4],
+            &[255, 0, 0, 255],
+            "the first frame is red"
         );
     }
 

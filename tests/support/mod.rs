@@ -395,13 +395,17 @@ pub fn jpeg_with_orientation(width: u32, height: u32, orientation: u16) -> Vec<u
 }
 
 /// A flat CMYK JPEG of the given ink amounts (0 = no ink), without an ICC profile.
-pub fn cmyk_jpeg(width: u16, height: u16, cmyk: [u8; 4]) -> Vec<u8> {
+/// With `ycck`, the inks are stored as Adobe's YCCK transform instead of plain CMYK.
+pub fn cmyk_jpeg(width: u16, height: u16, cmyk: [u8; 4], ycck: bool) -> Vec<u8> {
     let pixels = cmyk.repeat(width as usize * height as usize);
     let mut out = Vec::new();
     let encoder = jpeg_encoder::Encoder::new(&mut out, 95);
-    encoder
-        .encode(&pixels, width, height, jpeg_encoder::ColorType::Cmyk)
-        .unwrap();
+    let color = if ycck {
+        jpeg_encoder::ColorType::CmykAsYcck
+    } else {
+        jpeg_encoder::ColorType::Cmyk
+    };
+    encoder.encode(&pixels, width, height, color).unwrap();
     out
 }
 
