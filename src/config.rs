@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use log::LevelFilter;
 
@@ -125,6 +126,31 @@ pub const SETTINGS: &[Setting] = &[
         "max_decode_bytes",
         "BYTES",
         "memory budget of one decode [default: 1GiB]",
+    ),
+    one(
+        "max_metadata_bytes",
+        "BYTES",
+        "largest ICC profile or EXIF block [default: 16MiB]",
+    ),
+    one(
+        "job_timeout_ms",
+        "MS",
+        "longest backend stage of one job before it is retried [default: 60000]",
+    ),
+    one(
+        "drain_timeout_ms",
+        "MS",
+        "longest drain after SIGTERM before exiting non-zero [default: 30000]",
+    ),
+    one(
+        "alive_ttl_ms",
+        "MS",
+        "TTL of this host's liveness key, refreshed every third of it [default: 30000]",
+    ),
+    one(
+        "poison_limit",
+        "N",
+        "crash recoveries of one job before it fails as poison [default: 2]",
     ),
     one(
         "retry_base_ms",
@@ -344,6 +370,7 @@ pub struct DecodeLimits {
     pub max_pixels: u64,
     pub max_side: u32,
     pub max_decode_bytes: u64,
+    pub max_metadata_bytes: u64,
 }
 
 impl Default for DecodeLimits {
@@ -353,6 +380,7 @@ impl Default for DecodeLimits {
             max_pixels: 50_000_000,
             max_side: 30_000,
             max_decode_bytes: 1 << 30,
+            max_metadata_bytes: 16 << 20,
         }
     }
 }
@@ -380,6 +408,14 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// The default renditions, in the order thumb, blur, lq.
     pub renditions: Vec<RenditionSpec>,
+    /// How long a worker waits for the backend stage of one job.
+    pub job_timeout: Duration,
+    /// How long the drain after SIGTERM may take.
+    pub drain_timeout: Duration,
+    /// TTL of the liveness key.
+    pub alive_ttl: Duration,
+    /// Recoveries after a crash a job may have before it fails as `poison`.
+    pub poison_limit: u32,
 }
 
 impl Config {
@@ -414,7 +450,22 @@ impl Config {
                 max_decode_bytes: r.one("max_decode_bytes", "1GiB", |v| {
                     parse_bytes(v, 1 << 20, 1 << 40)
                 })?,
+                max_metadata_bytes: r.one("max_metadata_bytes", "16MiB", |v| {
+                    parse_bytes(v, 1 << 10, 1 << 32)
+                })?,
             },
+            job_timeout: r.one("job_timeout_ms", "60000", parse_millis)?,
+            drain_timeout: r.one("drain_timeout_ms", "30000", parse_millis)?,
+            alive_ttl: r.one("alive_ttl_ms", "30000", |v| {
+                parse_millis(v).and_then(|d| {
+                    if d >= Duration::from_millis(300) {
+                        Ok(d)
+                    } else {
+                        Err("expected at least 300 ms".into())
+                    }
+                })
+            })?,
+            poison_limit: r.one("poison_limit", "2", |v| parse_int(v, 0, 1000))?,
             retry: RetryPolicy {
                 base_ms: r.one("retry_base_ms", "1000", |v| parse_int(v, 1, 86_400_000))?,
                 max_ms: r.one("retry_max_ms", "300000", |v| parse_int(v, 1, 86_400_000))?,
@@ -544,6 +595,10 @@ where
         return Err(format!("expected a whole number between {min} and {max}"));
     }
     T::try_from(n).map_err(|_| format!("expected a whole number between {min} and {max}"))
+}
+
+fn parse_millis(value: &str) -> Result<Duration, String> {
+    parse_int::<u64>(value, 1, 86_400_000).map(Duration::from_millis)
 }
 
 fn parse_float(value: &str, min: f32, max: f32) -> Result<f32, String> {
