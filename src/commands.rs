@@ -7,14 +7,16 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::backend;
+use crate::backend::{self, BackendState};
 use crate::config::Config;
 use crate::job::{self, Job};
+use crate::maintenance::Maintenance;
 use crate::queue::{self, Keys, Queue};
 use crate::shutdown::Shutdown;
 use crate::worker::{self, Pipeline, Worker};
@@ -64,7 +66,7 @@ fn ensure_output_root(root: &Path) -> Result<(), CommandError> {
 fn start_backend(
     config: &Config,
 ) -> Result<(backend::BackendThread, backend::BackendHandle, String), CommandError> {
-    backend::start(config.backend, config.workers).map_err(|err| match err {
+    backend::start(config.backend, config.workers, config.job_timeout).map_err(|err| match err {
         backend::BackendError::Unavailable(reason) => CommandError::Usage(reason),
         other => CommandError::Failed(other.to_string()),
     })
@@ -77,6 +79,7 @@ pub fn run(config: Config) -> CommandResult {
     let roots = canonical_roots(&config)?;
     ensure_output_root(&config.output_root)?;
     let (backend_thread, handle, description) = start_backend(&config)?;
+    let backend_state = Arc::clone(handle.state());
     let config = Arc::new(config);
     log::info!(
         "image-worker {} starting workers={} backend=\"{description}\" redis={} output_root={}",
@@ -87,50 +90,111 @@ pub fn run(config: Config) -> CommandResult {
     );
 
     let pipeline = Arc::new(Pipeline::new(Arc::clone(&config), handle, Some(roots)));
-    let mut threads = Vec::new();
-    for index in 0..config.workers {
-        let consumer = queue::consumer_id(&config.hostname, index);
-        let worker = Worker {
-            queue: Queue::new(&config.redis_url, &config.keys, &consumer)
-                .map_err(|e| CommandError::Usage(e.to_string()))?,
-            consumer: consumer.clone(),
-            pipeline: Arc::clone(&pipeline),
-            config: Arc::clone(&config),
-            shutdown: shutdown.clone(),
-        };
-        let spawned = thread::Builder::new()
-            .name(format!("worker-{index}"))
-            .spawn(move || worker.run());
-        threads.push(spawned.map_err(|e| failed("cannot start a worker thread")(e.to_string()))?);
-    }
-    let promoter_queue = Queue::new(
-        &config.redis_url,
-        &config.keys,
-        &format!("{}:promoter", config.hostname),
-    )
-    .map_err(|e| CommandError::Usage(e.to_string()))?;
-    let promoter_stop = shutdown.clone();
-    let promoter = thread::Builder::new()
-        .name("promoter".into())
-        .spawn(move || {
-            worker::promote_retries(promoter_queue, promoter_stop, Duration::from_millis(250))
-        })
-        .map_err(|e| failed("cannot start the retry promoter")(e.to_string()))?;
-
-    for thread in threads {
-        let _ = thread.join();
-    }
-    let _ = promoter.join();
-    // The workers held the last handles; the backend thread ends once it has answered them.
+    let workers = start_workers(&config, &pipeline, &shutdown)?;
     drop(pipeline);
-    backend_thread.join();
+    let maintenance_stop = Arc::new(AtomicBool::new(false));
+    let maintenance = start_maintenance(&config, &maintenance_stop)?;
+
+    watch_backend(&shutdown, &backend_state, config.job_timeout);
+    log::info!(
+        "stop requested: finishing the jobs in hand (drain deadline {:?})",
+        config.drain_timeout
+    );
+    if !drain(&workers, config.drain_timeout) {
+        log::error!(
+            "drain deadline of {:?} passed; jobs still in hand stay in their processing lists for \
+             the next start",
+            config.drain_timeout
+        );
+        std::process::exit(1);
+    }
+    for worker in workers {
+        let _ = worker.join();
+    }
+    maintenance_stop.store(true, Ordering::SeqCst);
+    let _ = maintenance.join();
     if shutdown.is_fatal() {
+        // The backend thread may be the thing that is stuck: do not wait for it.
         return Err(CommandError::Failed(
             "stopped after a fatal error (see above)".into(),
         ));
     }
+    // The workers held the last handles; the backend thread ends once it has answered them.
+    backend_thread.join();
     log::info!("image-worker stopped cleanly");
     Ok(0)
+}
+
+fn start_workers(
+    config: &Arc<Config>,
+    pipeline: &Arc<Pipeline>,
+    shutdown: &Shutdown,
+) -> Result<Vec<thread::JoinHandle<()>>, CommandError> {
+    (0..config.workers)
+        .map(|index| {
+            let consumer = queue::consumer_id(&config.hostname, index);
+            let worker = Worker {
+                index,
+                queue: Queue::new(&config.redis_url, &config.keys, &consumer)
+                    .map_err(|e| CommandError::Usage(e.to_string()))?,
+                consumer,
+                pipeline: Arc::clone(pipeline),
+                config: Arc::clone(config),
+                shutdown: shutdown.clone(),
+            };
+            thread::Builder::new()
+                .name(format!("worker-{index}"))
+                .spawn(move || worker.run())
+                .map_err(|e| failed("cannot start a worker thread")(e.to_string()))
+        })
+        .collect()
+}
+
+fn start_maintenance(
+    config: &Arc<Config>,
+    stop: &Arc<AtomicBool>,
+) -> Result<thread::JoinHandle<()>, CommandError> {
+    let consumer = format!("{}:maintenance", config.hostname);
+    let maintenance = Maintenance {
+        queue: Queue::new(&config.redis_url, &config.keys, &consumer)
+            .map_err(|e| CommandError::Usage(e.to_string()))?,
+        config: Arc::clone(config),
+        workers: config.workers,
+        stop: Arc::clone(stop),
+    };
+    thread::Builder::new()
+        .name("maintenance".into())
+        .spawn(move || maintenance.run())
+        .map_err(|e| failed("cannot start the maintenance thread")(e.to_string()))
+}
+
+/// Waits for the stop flag. Meanwhile, a backend request that runs far past the job timeout
+/// means the backend is stuck: the workers have already retried their jobs, so the process
+/// stops with a failure and the supervisor restarts it with a fresh backend.
+fn watch_backend(shutdown: &Shutdown, backend: &BackendState, job_timeout: Duration) {
+    while !shutdown.requested() {
+        thread::sleep(Duration::from_millis(100));
+        if let Some(busy) = backend.busy_for()
+            && busy > job_timeout * 2
+        {
+            shutdown.request_fatal(&format!(
+                "the backend has been busy with one request for {busy:?}, over twice the job \
+                 timeout of {job_timeout:?}"
+            ));
+        }
+    }
+}
+
+/// Waits until every worker has finished or the deadline passes; returns whether all finished.
+fn drain(workers: &[thread::JoinHandle<()>], deadline: Duration) -> bool {
+    let until = Instant::now() + deadline;
+    while !workers.iter().all(|w| w.is_finished()) {
+        if Instant::now() >= until {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 /// A job id made from a file name: its stem with every character outside `[A-Za-z0-9_-]`
@@ -171,7 +235,7 @@ pub fn process(mut config: Config, file: &Path, out: &Path, id: Option<String>) 
 
     let (backend_thread, handle, _) = start_backend(&config)?;
     let pipeline = Pipeline::new(Arc::new(config), handle, None);
-    let result = pipeline.run_caught(&job);
+    let result = pipeline.run_caught(&job, &mut |_| {});
     drop(pipeline);
     backend_thread.join();
     let report = result.map_err(|err| CommandError::Failed(format!("{} ({})", err, err.kind())))?;
@@ -320,7 +384,7 @@ pub fn check(config: Config) -> CommandResult {
     report("output", check_output_root(&config.output_root));
     report(
         "backend",
-        backend::start(config.backend, 1)
+        backend::start(config.backend, 1, config.job_timeout)
             .map(|(thread, handle, description)| {
                 drop(handle);
                 thread.join();

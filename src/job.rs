@@ -184,6 +184,15 @@ pub fn read_input(path: &Path, max_bytes: u64) -> Result<Vec<u8>, JobError> {
     Ok(bytes)
 }
 
+/// The text of a caught panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic without a message".into())
+}
+
 /// What to do with a job after an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {

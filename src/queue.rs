@@ -49,6 +49,12 @@ pub struct Keys {
     pub failed: String,
     /// The set of every processing list ever registered by a worker.
     pub consumers: String,
+    /// Hash: consumer id → the stage its current job last reached.
+    pub stages: String,
+    /// Hash: raw payload → how many times it was recovered after its worker died.
+    pub recoveries: String,
+    /// Hash: raw payload → the stage it had reached when its worker died.
+    pub last_stage: String,
     prefix: String,
 }
 
@@ -65,6 +71,9 @@ impl Keys {
             done: format!("{prefix}_done"),
             failed: format!("{prefix}_failed"),
             consumers: format!("{prefix}_worker:consumers"),
+            stages: format!("{prefix}_worker:stage"),
+            recoveries: format!("{prefix}_worker:recoveries"),
+            last_stage: format!("{prefix}_worker:last_stage"),
             prefix,
         }
     }
@@ -72,6 +81,11 @@ impl Keys {
     /// The processing list of one consumer.
     pub fn processing(&self, consumer: &str) -> String {
         format!("{}_jobs:processing:{consumer}", self.prefix)
+    }
+
+    /// The liveness key of one host.
+    pub fn alive(&self, hostname: &str) -> String {
+        format!("{}_worker:alive:{hostname}", self.prefix)
     }
 
     /// The pattern matching every processing list.
@@ -140,6 +154,9 @@ pub struct Queue {
     /// Set when a new connection replaced a failed one (and at start): the processing list
     /// may then hold a job this worker has not seen, so it must be scanned.
     reconnected: bool,
+    /// Replies of commands sent without waiting ([`Queue::mark_stage`]), read before the
+    /// next call.
+    unread_replies: usize,
 }
 
 impl Queue {
@@ -153,6 +170,7 @@ impl Queue {
             processing: keys.processing(consumer),
             keys,
             reconnected: true,
+            unread_replies: 0,
         })
     }
 
@@ -175,7 +193,9 @@ impl Queue {
     ) -> Result<T, QueueError> {
         let mut delay = BACKOFF_FIRST;
         loop {
-            let err = match connect(&self.client, &mut self.conn, &mut self.reconnected) {
+            let connected = connect(&self.client, &mut self.conn, &mut self.reconnected)
+                .and_then(|conn| read_unread(conn, &mut self.unread_replies).map(|()| conn));
+            let err = match connected {
                 Ok(conn) => match op(conn, &self.keys, &self.processing) {
                     Ok(value) => {
                         note_link_up(&self.url);
@@ -187,6 +207,7 @@ impl Queue {
             };
             // A connection that saw any error may hold half a reply or a WATCH: start afresh.
             self.conn = None;
+            self.unread_replies = 0;
             note_link_down(&self.url, &err);
             if stopping() {
                 return Err(QueueError::Stopping(err.to_string()));
@@ -243,6 +264,128 @@ impl Queue {
         })
     }
 
+    /// How often `raw` was recovered after its worker died, and the stage it had reached.
+    pub fn recovery(
+        &mut self,
+        raw: &[u8],
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<(u32, Option<String>), QueueError> {
+        self.call(stopping, |conn, keys, _| {
+            let (count, stage): (Option<u32>, Option<String>) = redis::pipe()
+                .cmd("HGET")
+                .arg(&keys.recoveries)
+                .arg(raw)
+                .cmd("HGET")
+                .arg(&keys.last_stage)
+                .arg(raw)
+                .query(conn)?;
+            Ok((count.unwrap_or(0), stage))
+        })
+    }
+
+    /// Counts one more recovery of `raw`, which had reached `stage`; returns the new count.
+    pub fn note_recovery(
+        &mut self,
+        raw: &[u8],
+        stage: Option<&str>,
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<u32, QueueError> {
+        self.call(stopping, |conn, keys, _| {
+            let mut tx = redis::pipe();
+            tx.atomic()
+                .cmd("HINCRBY")
+                .arg(&keys.recoveries)
+                .arg(raw)
+                .arg(1);
+            if let Some(stage) = stage {
+                tx.cmd("HSET")
+                    .arg(&keys.last_stage)
+                    .arg(raw)
+                    .arg(stage)
+                    .ignore();
+            }
+            let (count,): (u32,) = tx.query(conn)?;
+            Ok(count)
+        })
+    }
+
+    /// The stage this consumer's job had reached, as last recorded (by a previous process
+    /// with the same consumer id, when read at start-up).
+    pub fn recorded_stage(
+        &mut self,
+        consumer: &str,
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<Option<String>, QueueError> {
+        self.call(stopping, |conn, keys, _| {
+            redis::cmd("HGET")
+                .arg(&keys.stages)
+                .arg(consumer)
+                .query(conn)
+        })
+    }
+
+    /// Records the stage `consumer`'s job has reached, without waiting for the reply: the
+    /// command is on its way to Redis before the next step of the job starts, so a crash in that
+    /// step still leaves the stage recorded, at no round trip per stage. Best effort: without a
+    /// connection, nothing is recorded.
+    pub fn mark_stage(&mut self, consumer: &str, stage: &str) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let command = redis::cmd("HSET")
+            .arg(&self.keys.stages)
+            .arg(consumer)
+            .arg(stage)
+            .get_packed_command();
+        match conn.send_packed_command(&command) {
+            Ok(()) => self.unread_replies += 1,
+            Err(_) => {
+                self.conn = None;
+                self.unread_replies = 0;
+            }
+        }
+    }
+
+    /// Sets this host's liveness key to `value` for `ttl`.
+    pub fn refresh_alive(
+        &mut self,
+        hostname: &str,
+        value: &str,
+        ttl: Duration,
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<(), QueueError> {
+        let ttl_ms = ttl.as_millis() as u64;
+        self.call(stopping, |conn, keys, _| {
+            redis::cmd("SET")
+                .arg(keys.alive(hostname))
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms)
+                .query::<()>(conn)
+        })
+    }
+
+    /// Removes this host's liveness key, after a clean stop.
+    pub fn clear_alive(&mut self, hostname: &str) -> Result<(), QueueError> {
+        self.call(&|| true, |conn, keys, _| {
+            redis::cmd("DEL")
+                .arg(keys.alive(hostname))
+                .query::<()>(conn)
+        })
+    }
+
+    /// The server's `maxmemory-policy`, if it tells (the command may be renamed away).
+    pub fn eviction_policy(&mut self) -> Option<String> {
+        self.call(&|| true, |conn, _, _| {
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("maxmemory-policy")
+                .query::<Vec<String>>(conn)
+        })
+        .ok()
+        .and_then(|pair| pair.into_iter().nth(1))
+    }
+
     /// Moves up to `limit` retries that are due by `now_ms` back to the job queue.
     pub fn promote_due(
         &mut self,
@@ -260,6 +403,15 @@ impl Queue {
                 .invoke(conn)
         })
     }
+}
+
+/// Reads the replies of commands sent without waiting.
+fn read_unread(conn: &mut Connection, unread: &mut usize) -> RedisResult<()> {
+    while *unread > 0 {
+        conn.recv_response()?;
+        *unread -= 1;
+    }
+    Ok(())
 }
 
 /// The open connection, or a new one; a new one marks the processing list for a scan.
@@ -313,6 +465,8 @@ fn settle_once(
                 .ignore(),
         };
         tx.cmd("LREM").arg(processing).arg(1).arg(raw).ignore();
+        tx.cmd("HDEL").arg(&keys.recoveries).arg(raw).ignore();
+        tx.cmd("HDEL").arg(&keys.last_stage).arg(raw).ignore();
         let committed: Option<()> = tx.query(conn)?;
         if committed.is_some() {
             return Ok(Settled::Written);

@@ -18,6 +18,7 @@ use crate::backend::BackendHandle;
 use crate::config::Config;
 use crate::decode::{self, SourceInfo};
 use crate::encode;
+use crate::failpoint;
 use crate::job::{self, Disposition, Job, JobError};
 use crate::ops;
 use crate::output;
@@ -54,6 +55,35 @@ pub struct DoneReport {
     pub timing: Timing,
 }
 
+/// How far a job has got, recorded in Redis as it goes so that a job whose worker died can be
+/// failed as `poison` naming the stage that killed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Idle,
+    Claimed,
+    Read,
+    Decode,
+    Render,
+    Encode,
+    Write,
+    Settle,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Idle => "idle",
+            Stage::Claimed => "claimed",
+            Stage::Read => "read",
+            Stage::Decode => "decode",
+            Stage::Render => "render",
+            Stage::Encode => "encode",
+            Stage::Write => "write",
+            Stage::Settle => "settle",
+        }
+    }
+}
+
 /// The pipeline shared by the daemon's workers and by `process`.
 pub struct Pipeline {
     config: Arc<Config>,
@@ -80,8 +110,8 @@ impl Pipeline {
         }
     }
 
-    /// Runs one job to its written outputs.
-    pub fn run(&self, job: &Job) -> Result<DoneReport, JobError> {
+    /// Runs one job to its written outputs, telling `mark` each stage as it begins.
+    pub fn run(&self, job: &Job, mark: &mut dyn FnMut(Stage)) -> Result<DoneReport, JobError> {
         let started = Instant::now();
         let mut timing = Timing::default();
         let limits = &self.config.limits;
@@ -93,19 +123,25 @@ impl Pipeline {
             limits.max_input_bytes,
         )?;
 
+        mark(Stage::Read);
         let stage = Instant::now();
         let bytes = job::read_input(&path, limits.max_input_bytes)?;
         timing.read = ms_since(stage);
 
+        mark(Stage::Decode);
+        failpoint::hit("during-decode");
         let stage = Instant::now();
         let (image, source) = decode::decode(&bytes, limits)?;
         drop(bytes);
         timing.decode = ms_since(stage);
 
+        mark(Stage::Render);
         let stage = Instant::now();
         let rendered = self.backend.render(image, plan)?;
         timing.gpu = ms_since(stage);
 
+        mark(Stage::Encode);
+        failpoint::hit("during-encode");
         let stage = Instant::now();
         let encoded = rendered
             .iter()
@@ -113,6 +149,7 @@ impl Pipeline {
             .collect::<Result<Vec<_>, _>>()?;
         timing.encode = ms_since(stage);
 
+        mark(Stage::Write);
         let stage = Instant::now();
         let root = &self.config.output_root;
         let files: Vec<(PathBuf, Vec<u8>)> = rendered
@@ -127,6 +164,7 @@ impl Pipeline {
             .collect();
         output::write_all_atomic(&output::job_dir(root, &job.id), &files)?;
         timing.write = ms_since(stage);
+        failpoint::hit("after-rename");
 
         let outputs = rendered
             .iter()
@@ -148,15 +186,13 @@ impl Pipeline {
     }
 
     /// Runs a job, turning a panic into a transient error.
-    pub fn run_caught(&self, job: &Job) -> Result<DoneReport, JobError> {
-        catch_unwind(AssertUnwindSafe(|| self.run(job))).unwrap_or_else(|payload| {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(JobError::Panic(message))
-        })
+    pub fn run_caught(
+        &self,
+        job: &Job,
+        mark: &mut dyn FnMut(Stage),
+    ) -> Result<DoneReport, JobError> {
+        catch_unwind(AssertUnwindSafe(|| self.run(job, mark)))
+            .unwrap_or_else(|payload| Err(JobError::Panic(job::panic_message(payload.as_ref()))))
     }
 }
 
@@ -197,6 +233,7 @@ pub fn done_message(job: &Job, report: &DoneReport, attempts: u32, consumer: &st
 
 /// One daemon worker thread: claims, runs, settles.
 pub struct Worker {
+    pub index: usize,
     pub consumer: String,
     pub queue: Queue,
     pub pipeline: Arc<Pipeline>,
@@ -217,6 +254,7 @@ impl Worker {
             self.consumer,
             self.queue.processing_key()
         );
+        let _ = self.recover_at_start(&stopping);
         while !stopping() {
             if let Err(QueueError::Stopping(_)) = self.step(&stopping) {
                 break;
@@ -225,12 +263,29 @@ impl Worker {
         log::info!("worker stopped consumer={}", self.consumer);
     }
 
-    /// Handles any orphans, then one claim.
+    /// Processes what a previous process with this consumer id held when it died, counting
+    /// each as a recovery so that a job that kills its worker every time ends as `poison`.
+    fn recover_at_start(&mut self, stopping: &dyn Fn() -> bool) -> Result<(), QueueError> {
+        let stage = self.queue.recorded_stage(&self.consumer, stopping)?;
+        self.queue.take_reconnected();
+        for raw in self.queue.orphans(stopping)? {
+            log::warn!(
+                "recovering a job held when this consumer last stopped consumer={} stage={}",
+                self.consumer,
+                stage.as_deref().unwrap_or("unknown")
+            );
+            self.queue.note_recovery(&raw, stage.as_deref(), stopping)?;
+            self.handle(&raw);
+        }
+        Ok(())
+    }
+
+    /// Handles any orphans a reconnect may have left, then one claim.
     fn step(&mut self, stopping: &dyn Fn() -> bool) -> Result<(), QueueError> {
         if self.queue.take_reconnected() {
             for raw in self.queue.orphans(stopping)? {
                 log::info!(
-                    "recovering orphan consumer={} bytes={}",
+                    "recovering orphan after a reconnect consumer={} bytes={}",
                     self.consumer,
                     raw.len()
                 );
@@ -244,8 +299,14 @@ impl Worker {
         Ok(())
     }
 
+    fn mark(&mut self, stage: Stage) {
+        self.queue.mark_stage(&self.consumer, stage.name());
+    }
+
     /// Runs one claimed payload and writes its outcome; never gives up on the write.
     fn handle(&mut self, raw: &[u8]) {
+        failpoint::hit("after-claim");
+        self.mark(Stage::Claimed);
         let claimed_at = job::now_ms();
         let job = match Job::parse(raw) {
             Ok(job) => job,
@@ -261,7 +322,12 @@ impl Worker {
             }
         };
         let attempt = job.attempts.saturating_add(1);
-        match self.pipeline.run_caught(&job) {
+        if self.fail_if_poison(raw, &job, attempt) {
+            return;
+        }
+        let pipeline = Arc::clone(&self.pipeline);
+        let mut mark = |stage: Stage| self.mark(stage);
+        match pipeline.run_caught(&job, &mut mark) {
             Ok(mut report) => {
                 report.timing.queue_wait = job
                     .enqueued_at_ms
@@ -277,6 +343,33 @@ impl Worker {
             }
             Err(err) => self.settle_error(raw, &job, attempt, &err),
         }
+    }
+
+    /// Fails the job as `poison` when it was recovered after a worker death more often than
+    /// the limit allows. Returns whether it did.
+    fn fail_if_poison(&mut self, raw: &[u8], job: &Job, attempt: u32) -> bool {
+        let (recoveries, stage) = match self.queue.recovery(raw, &|| false) {
+            Ok(info) => info,
+            Err(_) => return false,
+        };
+        if recoveries <= self.config.poison_limit {
+            return false;
+        }
+        let stage = stage.unwrap_or_else(|| "unknown".into());
+        let error = format!(
+            "job was recovered {recoveries} times after its worker died (poison_limit {}); \
+             the last stage it reached was {stage}",
+            self.config.poison_limit
+        );
+        log::error!(
+            "job={} outcome=failed kind=poison stage={stage} consumer={} error=\"{error}\"",
+            job.id,
+            self.consumer
+        );
+        let mut message = job::failed_message(job, &error, "poison", attempt, &self.consumer);
+        message["stage"] = stage.into();
+        self.settle(raw, &job.id, &Outcome::Failed(&message.to_string()));
+        true
     }
 
     fn settle_error(&mut self, raw: &[u8], job: &Job, attempt: u32, err: &JobError) {
@@ -329,8 +422,12 @@ impl Worker {
     }
 
     fn settle(&mut self, raw: &[u8], id: &str, outcome: &Outcome<'_>) {
+        self.mark(Stage::Settle);
+        failpoint::hit("before-ack");
         // The outcome is written whatever the stop flag says: stopping means finishing this.
-        match self.queue.settle(raw, outcome, &|| false) {
+        let settled = self.queue.settle(raw, outcome, &|| false);
+        self.mark(Stage::Idle);
+        match settled {
             Ok(Settled::Written) => {}
             Ok(Settled::AlreadyGone) => log::warn!(
                 "job={id} claim was already gone when its outcome was written; nothing written consumer={}",
@@ -340,17 +437,6 @@ impl Worker {
                 "job={id} outcome not written consumer={}: {err}",
                 self.consumer
             ),
-        }
-    }
-}
-
-/// Moves due retries back to the queue every `period` until the stop flag is set.
-pub fn promote_retries(mut queue: Queue, shutdown: Shutdown, period: std::time::Duration) {
-    let stopping = || shutdown.requested();
-    while !stopping() {
-        match queue.promote_due(job::now_ms(), 100, &stopping) {
-            Ok(0) | Err(_) => std::thread::sleep(period),
-            Ok(n) => log::debug!("promoted {n} due retries"),
         }
     }
 }

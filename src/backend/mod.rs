@@ -11,11 +11,17 @@
 
 pub mod cpu;
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, bounded};
 
 use crate::decode::SourceImage;
+use crate::failpoint;
+use crate::job::{now_ms, panic_message};
 use crate::ops::RenditionSpec;
 
 /// One rendition's pixels, RGBA8 without padding, not yet encoded.
@@ -37,6 +43,9 @@ pub enum BackendError {
     /// process cannot go on without a backend.
     #[error("backend thread is not running")]
     Stopped,
+    /// The backend did not answer within the job timeout. Transient for the job.
+    #[error("backend did not answer within {0:?}")]
+    Timeout(Duration),
     /// The backend could not be created at start-up.
     #[error("{0}")]
     Unavailable(String),
@@ -65,11 +74,30 @@ pub struct RenderRequest {
     pub reply: Sender<Result<Vec<RenderedImage>, BackendError>>,
 }
 
+/// What the backend thread is doing, for the watchdog that notices a stuck backend.
+#[derive(Debug, Default)]
+pub struct BackendState {
+    /// When the request in progress started (ms since the epoch); 0 when idle.
+    busy_since_ms: AtomicU64,
+}
+
+impl BackendState {
+    /// How long the request in progress has been running, if one is.
+    pub fn busy_for(&self) -> Option<Duration> {
+        match self.busy_since_ms.load(Ordering::SeqCst) {
+            0 => None,
+            since => Some(Duration::from_millis(now_ms().saturating_sub(since))),
+        }
+    }
+}
+
 /// A worker's side of the backend: cheap to clone, one per worker thread.
 #[derive(Clone)]
 pub struct BackendHandle {
     requests: Sender<RenderRequest>,
     name: &'static str,
+    timeout: Duration,
+    state: Arc<BackendState>,
 }
 
 impl BackendHandle {
@@ -77,23 +105,38 @@ impl BackendHandle {
         self.name
     }
 
-    /// Sends `source` to the backend thread and waits for its renditions.
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.state
+    }
+
+    /// Sends `source` to the backend thread and waits, at most the job timeout, for its
+    /// renditions.
     pub fn render(
         &self,
         source: SourceImage,
         plan: Vec<RenditionSpec>,
     ) -> Result<Vec<RenderedImage>, BackendError> {
         let (reply, answer) = bounded(1);
+        let request = RenderRequest {
+            source,
+            plan,
+            reply,
+        };
         self.requests
-            .send(RenderRequest {
-                source,
-                plan,
-                reply,
-            })
-            .map_err(|_| BackendError::Stopped)?;
-        answer.recv().map_err(|_| BackendError::Stopped)?
+            .send_timeout(request, self.timeout)
+            .map_err(|err| match err {
+                SendTimeoutError::Timeout(_) => BackendError::Timeout(self.timeout),
+                SendTimeoutError::Disconnected(_) => BackendError::Stopped,
+            })?;
+        answer.recv_timeout(self.timeout).map_err(|err| match err {
+            RecvTimeoutError::Timeout => BackendError::Timeout(self.timeout),
+            RecvTimeoutError::Disconnected => BackendError::Stopped,
+        })?
     }
 }
+
+/// Makes a backend; called on the backend thread at start and again after a panic.
+pub type MakeBackend = dyn Fn() -> Result<Box<dyn Backend>, BackendError> + Send;
 
 /// The running backend thread.
 pub struct BackendThread {
@@ -102,22 +145,23 @@ pub struct BackendThread {
 
 impl BackendThread {
     /// Starts the backend thread. `make` runs on the new thread (a CUDA context belongs to the
-    /// thread that creates it); its failure is returned here. `depth` bounds the request queue.
-    pub fn start<F>(
-        make: F,
+    /// thread that creates it); its first failure is returned here. `depth` bounds the request
+    /// queue; `timeout` is how long a worker waits for an answer.
+    pub fn start(
+        make: Box<MakeBackend>,
         depth: usize,
-    ) -> Result<(BackendThread, BackendHandle, String), BackendError>
-    where
-        F: FnOnce() -> Result<Box<dyn Backend>, BackendError> + Send + 'static,
-    {
+        timeout: Duration,
+    ) -> Result<(BackendThread, BackendHandle, String), BackendError> {
         let (requests, incoming) = bounded::<RenderRequest>(depth.max(1));
         let (ready_tx, ready_rx) = bounded(1);
+        let state = Arc::new(BackendState::default());
+        let thread_state = Arc::clone(&state);
         let join = thread::Builder::new()
             .name("backend".into())
             .spawn(move || match make() {
                 Ok(backend) => {
                     let _ = ready_tx.send(Ok((backend.name(), backend.describe())));
-                    serve(backend, incoming);
+                    serve(backend, make, incoming, &thread_state);
                 }
                 Err(err) => {
                     let _ = ready_tx.send(Err(err));
@@ -127,11 +171,13 @@ impl BackendThread {
                 BackendError::Unavailable(format!("cannot start the backend thread: {err}"))
             })?;
         let (name, description) = ready_rx.recv().map_err(|_| BackendError::Stopped)??;
-        Ok((
-            BackendThread { join },
-            BackendHandle { requests, name },
-            description,
-        ))
+        let handle = BackendHandle {
+            requests,
+            name,
+            timeout,
+            state,
+        };
+        Ok((BackendThread { join }, handle, description))
     }
 
     /// Waits for the thread to finish; it does once every handle is dropped.
@@ -140,11 +186,40 @@ impl BackendThread {
     }
 }
 
-fn serve(mut backend: Box<dyn Backend>, incoming: Receiver<RenderRequest>) {
+/// Answers requests until every handle is gone. A panic while rendering is answered as an
+/// error to the waiting worker, and the backend is rebuilt before the next request; if it
+/// cannot be rebuilt the thread ends, which workers see as [`BackendError::Stopped`].
+fn serve(
+    mut backend: Box<dyn Backend>,
+    make: Box<MakeBackend>,
+    incoming: Receiver<RenderRequest>,
+    state: &BackendState,
+) {
     for request in incoming {
-        let answer = backend.render(&request.source, &request.plan);
-        // A worker that gave up waiting has dropped its receiver; nothing to do then.
-        let _ = request.reply.send(answer);
+        state.busy_since_ms.store(now_ms().max(1), Ordering::SeqCst);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            failpoint::hit("backend-render");
+            backend.render(&request.source, &request.plan)
+        }));
+        state.busy_since_ms.store(0, Ordering::SeqCst);
+        match result {
+            // A worker that gave up waiting has dropped its receiver; nothing to do then.
+            Ok(answer) => drop(request.reply.send(answer)),
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                log::error!("backend panicked: {message}; rebuilding it");
+                let _ = request.reply.send(Err(BackendError::Job(format!(
+                    "backend panicked: {message}"
+                ))));
+                match make() {
+                    Ok(rebuilt) => backend = rebuilt,
+                    Err(err) => {
+                        log::error!("backend cannot be rebuilt: {err}");
+                        return;
+                    }
+                }
+            }
+        }
     }
     log::debug!("backend thread: all workers are gone, stopping");
 }
@@ -154,15 +229,14 @@ fn serve(mut backend: Box<dyn Backend>, incoming: Receiver<RenderRequest>) {
 pub fn start(
     choice: crate::config::BackendChoice,
     depth: usize,
+    timeout: Duration,
 ) -> Result<(BackendThread, BackendHandle, String), BackendError> {
     use crate::config::BackendChoice;
     match choice {
         BackendChoice::Cpu => {}
-        BackendChoice::Auto => {
-            log::warn!(
-                "backend=auto: this build has no CUDA support (cargo feature cuda); using the cpu backend"
-            )
-        }
+        BackendChoice::Auto => log::warn!(
+            "backend=auto: this build has no CUDA support (cargo feature cuda); using the cpu backend"
+        ),
         BackendChoice::Cuda => {
             return Err(BackendError::Unavailable(
                 "backend cuda was asked for, but this binary was built without the cuda feature"
@@ -170,8 +244,6 @@ pub fn start(
             ));
         }
     }
-    BackendThread::start(
-        || Ok(Box::new(cpu::CpuBackend::new()) as Box<dyn Backend>),
-        depth,
-    )
+    let make = || Ok(Box::new(cpu::CpuBackend::new()) as Box<dyn Backend>);
+    BackendThread::start(Box::new(make), depth, timeout)
 }

@@ -21,33 +21,56 @@ use serde_json::Value;
 pub struct RedisServer {
     child: Child,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    persistent: bool,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
+    /// A server that keeps nothing on disk, like the default test deployment.
     pub fn start() -> RedisServer {
+        RedisServer::launch(false)
+    }
+
+    /// A server with an append-only file fsynced on every write, so that a `kill -9` and
+    /// restart on the same port loses nothing it acknowledged.
+    pub fn start_persistent() -> RedisServer {
+        RedisServer::launch(true)
+    }
+
+    fn launch(persistent: bool) -> RedisServer {
         for _ in 0..20 {
             let dir = tempfile::tempdir().unwrap();
             let port = free_port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (apt-get install redis-server)");
+            let child = spawn_redis(port, dir.path(), persistent);
             let mut server = RedisServer {
                 child,
                 port,
-                _dir: dir,
+                persistent,
+                dir,
             };
             if server.wait_ready() {
                 return server;
             }
         }
         panic!("could not start redis-server on a free port");
+    }
+
+    /// Kills the server with SIGKILL and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port and directory.
+    pub fn restart(&mut self) {
+        for _ in 0..50 {
+            self.child = spawn_redis(self.port, self.dir.path(), self.persistent);
+            if self.wait_ready() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("redis-server did not come back on port {}", self.port);
     }
 
     fn wait_ready(&mut self) -> bool {
@@ -76,6 +99,31 @@ impl RedisServer {
             .get_connection()
             .unwrap()
     }
+}
+
+fn spawn_redis(port: u16, dir: &Path, persistent: bool) -> Child {
+    let mut command = Command::new("redis-server");
+    command
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if persistent {
+        command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+    } else {
+        command.args(["--appendonly", "no"]);
+    }
+    command
+        .spawn()
+        .expect("redis-server must be installed (apt-get install redis-server)")
 }
 
 impl Drop for RedisServer {
@@ -151,6 +199,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `image-worker run` against `redis` with fast retries and the given extra flags.
     pub fn start(redis: &RedisServer, dirs: &Dirs, extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(redis, dirs, extra, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables (failpoints).
+    pub fn start_with_env(
+        redis: &RedisServer,
+        dirs: &Dirs,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut command = worker_command(dirs);
         command
             .arg("run")
@@ -176,6 +234,7 @@ impl Daemon {
             ])
             .args(["--log-level", "debug"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         Daemon {
@@ -183,22 +242,48 @@ impl Daemon {
         }
     }
 
-    /// Sends SIGTERM and waits for the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id() as libc::pid_t;
+    pub fn pid(&self) -> libc::pid_t {
+        self.child.id() as libc::pid_t
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: sending a signal to our own child process.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "daemon did not stop within 30 s of SIGTERM"
+                "daemon still running after {timeout:?}"
             );
-            thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// Peak resident memory so far, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
     }
 }
 
@@ -272,6 +357,41 @@ pub fn assert_nothing_claimed(conn: &mut redis::Connection) {
             "{key} still holds a claim"
         );
     }
+}
+
+/// The invariant of every fault test: each id ends in exactly one of `image_done` or
+/// `image_failed`, exactly once; nothing is waiting, retrying or claimed; every output file is
+/// a complete, decodable WebP and no temporary file is left. Returns (done, failed) counts.
+pub fn assert_invariant(
+    conn: &mut redis::Connection,
+    ids: &[String],
+    output: &Path,
+) -> (usize, usize) {
+    let done = messages(conn, "image_done");
+    let failed = messages(conn, "image_failed");
+    for id in ids {
+        let d = done.iter().filter(|m| m["id"] == id.as_str()).count();
+        let f = failed.iter().filter(|m| m["id"] == id.as_str()).count();
+        assert_eq!(d + f, 1, "job {id}: {d} done and {f} failed messages");
+    }
+    assert_eq!(
+        done.len() + failed.len(),
+        ids.len(),
+        "no outcome for an unknown job"
+    );
+    assert_eq!(
+        list(conn, "image_jobs"),
+        Vec::<String>::new(),
+        "jobs still waiting"
+    );
+    let retries: usize = redis::cmd("ZCARD").arg("image_retry").query(conn).unwrap();
+    assert_eq!(retries, 0, "jobs still in the retry set");
+    assert_nothing_claimed(conn);
+    assert_no_temp_files(output);
+    for path in files_below(output) {
+        read_webp(&path);
+    }
+    (done.len(), failed.len())
 }
 
 /// Every file below `dir`, recursively.
