@@ -68,6 +68,32 @@ fn llen(conn: &mut redis::Connection, key: &str) -> usize {
     redis::cmd("LLEN").arg(key).query(conn).unwrap()
 }
 
+/// Starts a plain one-worker daemon, lets it finish `names`, stops it cleanly and checks the
+/// invariant; returns how many ended done.
+fn restart_and_finish(redis: &RedisServer, dirs: &Dirs, names: &[String]) -> usize {
+    let mut conn = redis.conn();
+    let daemon = Daemon::start(redis, dirs, &one_worker());
+    wait_for_outcomes(&mut conn, names.len(), WAIT);
+    assert!(daemon.stop().success());
+    assert_invariant(&mut conn, names, &dirs.output).0
+}
+
+/// Pushes one job and starts a one-worker daemon whose encoder hangs; returns once the job has
+/// been claimed and is stuck in hand.
+fn daemon_hanging_on(redis: &RedisServer, dirs: &Dirs, id: &str, extra: &[&str]) -> Daemon {
+    let mut conn = redis.conn();
+    let input = dirs.input_file(&format!("{id}.png"), &png_rgba(200, 200));
+    push_job(&mut conn, &job_json(id, &input));
+    let mut flags = vec!["--workers", "1"];
+    flags.extend_from_slice(extra);
+    let daemon = Daemon::start_with_env(redis, dirs, &flags, &[(FAILPOINT, "during-encode:hang")]);
+    wait_until("the job is claimed", || {
+        llen(&mut conn, "image_jobs:processing:testhost:0") == 1
+    });
+    thread::sleep(Duration::from_millis(300));
+    daemon
+}
+
 #[test]
 fn kill_9_at_each_stage_then_restart_loses_nothing_and_outputs_match() {
     for stage in [
@@ -99,10 +125,7 @@ fn kill_9_at_each_stage_then_restart_loses_nothing_and_outputs_match() {
             "{stage}: still claimed"
         );
 
-        let daemon = Daemon::start(&redis, &dirs, &one_worker());
-        wait_for_outcomes(&mut conn, 1, WAIT);
-        assert!(daemon.stop().success());
-        let (done, _) = assert_invariant(&mut conn, &ids(&["crash"]), &dirs.output);
+        let done = restart_and_finish(&redis, &dirs, &ids(&["crash"]));
         assert_eq!(done, 1, "{stage}: done after the restart");
         assert!(
             renditions_of(&dirs.output, "crash") == expected,
@@ -187,18 +210,7 @@ fn second_signal_exits_at_once_and_the_claim_is_recovered() {
     let redis = RedisServer::start();
     let dirs = Dirs::new();
     let mut conn = redis.conn();
-    let input = dirs.input_file("hang.png", &png_rgba(200, 200));
-    push_job(&mut conn, &job_json("hang", &input));
-    let mut daemon = Daemon::start_with_env(
-        &redis,
-        &dirs,
-        &one_worker(),
-        &[(FAILPOINT, "during-encode:hang")],
-    );
-    wait_until("the job is claimed", || {
-        llen(&mut conn, "image_jobs:processing:testhost:0") == 1
-    });
-    thread::sleep(Duration::from_millis(300));
+    let mut daemon = daemon_hanging_on(&redis, &dirs, "hang", &[]);
     daemon.signal(libc::SIGTERM);
     thread::sleep(Duration::from_millis(500));
     assert!(
@@ -218,14 +230,7 @@ fn second_signal_exits_at_once_and_the_claim_is_recovered() {
         1,
         "the claim stays"
     );
-
-    let daemon = Daemon::start(&redis, &dirs, &one_worker());
-    wait_for_outcomes(&mut conn, 1, WAIT);
-    assert!(daemon.stop().success());
-    assert_eq!(
-        assert_invariant(&mut conn, &ids(&["hang"]), &dirs.output).0,
-        1
-    );
+    assert_eq!(restart_and_finish(&redis, &dirs, &ids(&["hang"])), 1);
 }
 
 #[test]
@@ -233,15 +238,7 @@ fn drain_deadline_exits_non_zero_and_keeps_the_claim() {
     let redis = RedisServer::start();
     let dirs = Dirs::new();
     let mut conn = redis.conn();
-    let input = dirs.input_file("slow.png", &png_rgba(200, 200));
-    push_job(&mut conn, &job_json("slow", &input));
-    let flags = ["--workers", "1", "--drain-timeout-ms", "1000"];
-    let mut daemon =
-        Daemon::start_with_env(&redis, &dirs, &flags, &[(FAILPOINT, "during-encode:hang")]);
-    wait_until("the job is claimed", || {
-        llen(&mut conn, "image_jobs:processing:testhost:0") == 1
-    });
-    thread::sleep(Duration::from_millis(300));
+    let mut daemon = daemon_hanging_on(&redis, &dirs, "slow", &["--drain-timeout-ms", "1000"]);
     let asked = Instant::now();
     daemon.signal(libc::SIGTERM);
     let status = daemon.wait_exit(Duration::from_secs(10));
@@ -256,14 +253,7 @@ fn drain_deadline_exits_non_zero_and_keeps_the_claim() {
         1,
         "the claim stays"
     );
-
-    let daemon = Daemon::start(&redis, &dirs, &one_worker());
-    wait_for_outcomes(&mut conn, 1, WAIT);
-    assert!(daemon.stop().success());
-    assert_eq!(
-        assert_invariant(&mut conn, &ids(&["slow"]), &dirs.output).0,
-        1
-    );
+    assert_eq!(restart_and_finish(&redis, &dirs, &ids(&["slow"])), 1);
 }
 
 #[test]
@@ -302,13 +292,7 @@ fn a_stuck_backend_retries_the_job_and_stops_the_process() {
     );
     assert_eq!(pending[0]["last_error_kind"], "backend");
 
-    let daemon = Daemon::start(&redis, &dirs, &one_worker());
-    wait_for_outcomes(&mut conn, 1, WAIT);
-    assert!(daemon.stop().success());
-    assert_eq!(
-        assert_invariant(&mut conn, &ids(&["stuck"]), &dirs.output).0,
-        1
-    );
+    assert_eq!(restart_and_finish(&redis, &dirs, &ids(&["stuck"])), 1);
     let done = &messages(&mut conn, "image_done")[0];
     assert!(done["attempts"].as_u64().unwrap() >= 2, "{done}");
     assert_eq!(done["last_error_kind"], "backend");
