@@ -14,6 +14,10 @@
 //!   and metadata chunks together are held to the same limit; compressed text is never inflated.
 //! - Animations give their first frame; later frames are never decoded (GIF frames after the
 //!   first are not even read).
+//! - A JPEG whose scan data is not closed by an end-of-image marker, as in a truncated file, is
+//!   refused as corrupt rather than passed on with the missing part filled in grey.
+//! - A panic inside a third-party decoder is caught and reported as corrupt input, so that the
+//!   job fails once instead of being retried.
 //!
 //! Each refusal names the limit and the value that broke it. EXIF orientation is applied and
 //! colour is converted to sRGB (see [`crate::color`]).
@@ -22,9 +26,17 @@
 //! ICC conversion, and GIF through the gif crate directly, because the image crate's GIF decoder
 //! keeps the gif crate's own 50 MB frame limit instead of our budget. The other formats go
 //! through the `image` crate's decoders.
+//!
+//! # Limitations
+//!
+//! A JPEG whose scans are complete but which lacks only its end-of-image marker is refused as
+//! truncated too: its bytes cannot be told apart from a file cut at a block boundary. libjpeg
+//! warns about such files; browsers show them.
 
+use std::any::Any;
 use std::io::Cursor;
 use std::num::NonZeroU64;
+use std::panic::{self, AssertUnwindSafe};
 
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, RgbaImage};
@@ -83,11 +95,11 @@ pub fn decode(
     check_header(bytes, format, limits)?;
 
     let name = format_name(format);
-    let (image, orientation) = match format {
-        ImageFormat::Jpeg => decode_jpeg(bytes, limits)?,
-        ImageFormat::Gif => decode_gif(bytes, limits)?,
-        _ => decode_with_image(bytes, format, limits)?,
-    };
+    let (image, orientation) = guarded(name, || match format {
+        ImageFormat::Jpeg => decode_jpeg(bytes, limits),
+        ImageFormat::Gif => decode_gif(bytes, limits),
+        _ => decode_with_image(bytes, format, limits),
+    })?;
 
     let image = orient(image, orientation);
     let info = SourceInfo {
@@ -251,6 +263,10 @@ fn le_u32(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
 
+fn be_u16(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+}
+
 fn be_u32(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
@@ -388,7 +404,32 @@ fn check_png_icc(chunk: &[u8], limits: &DecodeLimits) -> Result<(), DecodeError>
     Ok(())
 }
 
-// ---- error text ----
+// ---- decoder panics and error text ----
+
+/// Runs a third-party decoder, turning a panic into a corrupt-input failure. A decoder that
+/// panics on some bytes panics on them every time, so retrying would only repeat it.
+fn guarded<T>(
+    format: &'static str,
+    decode: impl FnOnce() -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
+    panic::catch_unwind(AssertUnwindSafe(decode)).unwrap_or_else(|payload| {
+        Err(DecodeError::Corrupt {
+            format,
+            detail: format!(
+                "the decoder panicked on this input ({})",
+                panic_message(payload.as_ref())
+            ),
+        })
+    })
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
 
 /// A decoder's error text as one line: some end theirs with a newline or wrap it in quotes.
 fn tidy(detail: impl ToString) -> String {
@@ -443,6 +484,14 @@ fn decode_jpeg(
         Some(ColorSpace::CMYK) => ColorSpace::CMYK,
         _ => ColorSpace::RGBA,
     };
+    // zune-jpeg fills whatever a truncated file lacks with grey and reports success; its strict
+    // mode misses a cut inside the last row of blocks and refuses oddities browsers show.
+    if jpeg_scan_end(bytes) == ScanEnd::EndOfFile {
+        return Err(corrupt(
+            "jpeg",
+            "truncated: the file ends inside its scan data, before the end-of-image marker",
+        ));
+    }
     let mut decoder =
         JpegDecoder::new_with_options(ZCursor::new(bytes), options.jpeg_set_out_colorspace(out));
     let samples = decoder.decode().map_err(jpeg_corrupt)?;
@@ -482,6 +531,71 @@ fn decode_jpeg(
         },
         orientation,
     ))
+}
+
+/// How a JPEG's scan data ends, as far as its bytes tell.
+#[derive(Debug, PartialEq)]
+enum ScanEnd {
+    EndMarker,
+    EndOfFile,
+    /// The walk found no start of scan; the decoder judges such files.
+    Unknown,
+}
+
+/// Follows the file from its first scan to the end-of-image marker. In scan data a 0xFF byte is
+/// followed by a stuffed zero, fill, a restart marker or a marker whose segment (tables, the
+/// next scan of a progressive file) is skipped by its length, so an end marker inside an EXIF
+/// thumbnail or a table is never taken for the image's own.
+fn jpeg_scan_end(bytes: &[u8]) -> ScanEnd {
+    let Some(mut at) = jpeg_first_scan(bytes) else {
+        return ScanEnd::Unknown;
+    };
+    loop {
+        let Some(marker_at) = jpeg_next_marker(bytes, at) else {
+            return ScanEnd::EndOfFile;
+        };
+        match bytes[marker_at + 1] {
+            0xD9 => return ScanEnd::EndMarker,
+            0xD0..=0xD7 => at = marker_at + 2,
+            _ => match be_u16(bytes, marker_at + 2) {
+                Some(length) => at = marker_at + 2 + usize::from(length),
+                None => return ScanEnd::EndOfFile,
+            },
+        }
+    }
+}
+
+/// The offset just past the first start-of-scan segment header, walking the header segments by
+/// their lengths and skipping stray bytes between them as decoders do.
+fn jpeg_first_scan(bytes: &[u8]) -> Option<usize> {
+    let mut at = 2; // after SOI
+    loop {
+        let marker_at = jpeg_next_marker(bytes, at)?;
+        let marker = bytes[marker_at + 1];
+        match marker {
+            0xD9 => return None,
+            // Markers without a segment.
+            0x01 | 0xD0..=0xD8 => at = marker_at + 2,
+            _ => {
+                at = marker_at + 2 + usize::from(be_u16(bytes, marker_at + 2)?);
+                if marker == 0xDA {
+                    return Some(at);
+                }
+            }
+        }
+    }
+}
+
+/// The next 0xFF at or after `at` that starts a marker: not fill (0xFF 0xFF) and not a stuffed
+/// data byte (0xFF 0x00).
+fn jpeg_next_marker(bytes: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let found = at + bytes.get(at..)?.iter().position(|&b| b == 0xFF)?;
+        match bytes.get(found + 1)? {
+            0x00 | 0xFF => at = found + 1,
+            _ => return Some(found),
+        }
+    }
 }
 
 /// Turns raw YCCK samples into CMYK ink amounts, in place.
@@ -778,6 +892,19 @@ mod tests {
         out
     }
 
+    fn progressive_jpeg(width: u16, height: u16) -> Vec<u8> {
+        let pixels: Vec<u8> = (0..width as u32 * height as u32 * 3)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut out = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut out, 90);
+        encoder.set_progressive(true);
+        encoder
+            .encode(&pixels, width, height, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        out
+    }
+
     /// A GIF whose global palette is red (0) and blue (1) and whose first frame, `first` pixels
     /// of red at the top left, is followed by the raw blocks `after_first`.
     fn gif_with(screen: (u16, u16), first: (u16, u16), after_first: &[u8]) -> Vec<u8> {
@@ -988,6 +1115,69 @@ mod tests {
         decode(&bytes, &metadata_limit(4096)).unwrap();
     }
 
+    fn assert_truncated_jpeg(bytes: &[u8], what: &str) {
+        match decode(bytes, &DecodeLimits::default()) {
+            Err(err @ DecodeError::Corrupt { format: "jpeg", .. }) => {
+                assert!(err.to_string().contains("truncated"), "{what}: {err}")
+            }
+            Err(err) => panic!("{what}: {err}"),
+            Ok(_) => panic!("{what}: decoded, with the missing part filled in"),
+        }
+    }
+
+    #[test]
+    fn truncated_baseline_and_progressive_jpegs_are_corrupt_not_grey() {
+        for (kind, bytes) in [
+            ("baseline", jpeg(96, 64)),
+            ("progressive", progressive_jpeg(96, 64)),
+        ] {
+            decode(&bytes, &DecodeLimits::default()).unwrap();
+            // Down to a cut inside the last row of blocks, which zune-jpeg's strict mode misses.
+            for cut in [bytes.len() / 2, bytes.len() * 3 / 4, bytes.len() - 40] {
+                assert_truncated_jpeg(&bytes[..cut], &format!("{kind} cut at {cut}"));
+            }
+        }
+    }
+
+    #[test]
+    fn jpeg_end_marker_inside_a_thumbnail_does_not_count_for_the_image() {
+        let plain = jpeg(64, 64);
+        // An APP1 segment holding what looks like a whole JPEG thumbnail, end marker included.
+        let thumbnail = [&b"Exif\0\0"[..], &[0xFF, 0xD8, 0xFF, 0xD9]].concat();
+        let mut bytes = plain[..2].to_vec();
+        bytes.extend_from_slice(&[0xFF, 0xE1]);
+        bytes.extend_from_slice(&(thumbnail.len() as u16 + 2).to_be_bytes());
+        bytes.extend_from_slice(&thumbnail);
+        bytes.extend_from_slice(&plain[2..]);
+        decode(&bytes, &DecodeLimits::default()).unwrap();
+        assert_truncated_jpeg(&bytes[..bytes.len() - 100], "cut with a thumbnail inside");
+    }
+
+    #[test]
+    fn jpeg_lacking_only_its_end_marker_is_refused_as_truncated() {
+        let bytes = jpeg(32, 32);
+        assert_eq!(&bytes[bytes.len() - 2..], &[0xFF, 0xD9]);
+        assert_truncated_jpeg(&bytes[..bytes.len() - 2], "without its end marker");
+    }
+
+    #[test]
+    fn jpeg_followed_by_a_second_image_decodes_the_first() {
+        // Gain maps and MPF files append further JPEGs after the first end marker.
+        let bytes = [jpeg(40, 20), jpeg(8, 8)[..100].to_vec()].concat();
+        let (image, _) = decode(&bytes, &DecodeLimits::default()).unwrap();
+        assert_eq!((image.width, image.height), (40, 20));
+    }
+
+    #[test]
+    fn jpeg_with_stray_bytes_between_segments_still_decodes() {
+        let plain = jpeg(32, 32);
+        // After SOI and the first segment, which the encoder always writes.
+        let first_end = 4 + u16::from_be_bytes([plain[4], plain[5]]) as usize;
+        let odd = [&plain[..first_end], &[0x11; 8][..], &plain[first_end..]].concat();
+        let (image, _) = decode(&odd, &DecodeLimits::default()).unwrap();
+        assert_eq!((image.width, image.height), (32, 32));
+    }
+
     #[test]
     fn jpeg_errors_read_as_one_line() {
         let bytes = jpeg(16, 16);
@@ -1104,5 +1294,19 @@ mod tests {
             "webp icc profile is 3000 bytes, above the max_metadata_bytes limit of 2048",
         );
         decode(&bytes, &metadata_limit(4096)).unwrap();
+    }
+
+    #[test]
+    fn a_decoder_panic_is_reported_as_corrupt_input() {
+        let err = guarded::<()>("png", || panic!("index out of bounds")).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::Corrupt { format: "png", .. }),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("decoder panicked") && text.contains("index out of bounds"),
+            "{text}"
+        );
     }
 }
