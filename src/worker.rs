@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde_json::{Map, Value, json};
 
-use crate::backend::BackendHandle;
+use crate::backend::{BackendHandle, RenderedImage};
 use crate::config::Config;
 use crate::decode::{self, SourceInfo};
 use crate::encode;
@@ -151,22 +151,38 @@ impl Pipeline {
 
         mark(Stage::Write);
         let stage = Instant::now();
+        let outputs = self.write_outputs(&job.id, &rendered, encoded)?;
+        timing.write = ms_since(stage);
+        failpoint::hit("after-rename");
+
+        timing.total = ms_since(started);
+        Ok(DoneReport {
+            outputs,
+            source,
+            timing,
+        })
+    }
+
+    /// Writes each rendition's WebP bytes atomically to its final path.
+    fn write_outputs(
+        &self,
+        id: &str,
+        rendered: &[RenderedImage],
+        encoded: Vec<Vec<u8>>,
+    ) -> Result<Vec<OutputRecord>, JobError> {
         let root = &self.config.output_root;
         let files: Vec<(PathBuf, Vec<u8>)> = rendered
             .iter()
             .zip(encoded)
             .map(|(r, bytes)| {
                 (
-                    output::rendition_path(root, &job.id, r.spec.rendition.name()),
+                    output::rendition_path(root, id, r.spec.rendition.name()),
                     bytes,
                 )
             })
             .collect();
-        output::write_all_atomic(&output::job_dir(root, &job.id), &files)?;
-        timing.write = ms_since(stage);
-        failpoint::hit("after-rename");
-
-        let outputs = rendered
+        output::write_all_atomic(&output::job_dir(root, id), &files)?;
+        let records = rendered
             .iter()
             .zip(files)
             .map(|(r, (path, bytes))| OutputRecord {
@@ -177,12 +193,7 @@ impl Pipeline {
                 bytes: bytes.len() as u64,
             })
             .collect();
-        timing.total = ms_since(started);
-        Ok(DoneReport {
-            outputs,
-            source,
-            timing,
-        })
+        Ok(records)
     }
 
     /// Runs a job, turning a panic into a transient error.
