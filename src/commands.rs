@@ -17,9 +17,10 @@ use crate::backend::{self, BackendState};
 use crate::config::Config;
 use crate::job::{self, Job};
 use crate::maintenance::Maintenance;
+use crate::notify;
 use crate::queue::{self, Keys, Queue};
 use crate::shutdown::Shutdown;
-use crate::worker::{self, Pipeline, Worker};
+use crate::worker::{self, Pipeline, Pulses, Worker};
 
 /// Why a command stopped.
 #[derive(Debug, thiserror::Error)]
@@ -90,12 +91,15 @@ pub fn run(config: Config) -> CommandResult {
     );
 
     let pipeline = Arc::new(Pipeline::new(Arc::clone(&config), handle, Some(roots)));
-    let workers = start_workers(&config, &pipeline, &shutdown)?;
+    let pulses = Arc::new(Pulses::new(config.workers));
+    let workers = start_workers(&config, &pipeline, &pulses, &shutdown)?;
     drop(pipeline);
     let maintenance_stop = Arc::new(AtomicBool::new(false));
     let maintenance = start_maintenance(&config, &maintenance_stop)?;
 
-    watch_backend(&shutdown, &backend_state, config.job_timeout);
+    announce_ready(&config, &shutdown)?;
+    watch(&shutdown, &backend_state, &pulses, config.job_timeout);
+    notify::notify("STOPPING=1");
     log::info!(
         "stop requested: finishing the jobs in hand (drain deadline {:?})",
         config.drain_timeout
@@ -128,6 +132,7 @@ pub fn run(config: Config) -> CommandResult {
 fn start_workers(
     config: &Arc<Config>,
     pipeline: &Arc<Pipeline>,
+    pulses: &Arc<Pulses>,
     shutdown: &Shutdown,
 ) -> Result<Vec<thread::JoinHandle<()>>, CommandError> {
     (0..config.workers)
@@ -140,6 +145,7 @@ fn start_workers(
                 consumer,
                 pipeline: Arc::clone(pipeline),
                 config: Arc::clone(config),
+                pulses: Arc::clone(pulses),
                 shutdown: shutdown.clone(),
             };
             thread::Builder::new()
@@ -168,10 +174,34 @@ fn start_maintenance(
         .map_err(|e| failed("cannot start the maintenance thread")(e.to_string()))
 }
 
-/// Waits for the stop flag. Meanwhile, a backend request that runs far past the job timeout
-/// means the backend is stuck: the workers have already retried their jobs, so the process
-/// stops with a failure and the supervisor restarts it with a fresh backend.
-fn watch_backend(shutdown: &Shutdown, backend: &BackendState, job_timeout: Duration) {
+/// Tells systemd the service is ready once Redis answers (the backend already has).
+fn announce_ready(config: &Config, shutdown: &Shutdown) -> Result<(), CommandError> {
+    let mut queue = Queue::new(
+        &config.redis_url,
+        &config.keys,
+        &format!("{}:ready", config.hostname),
+    )
+    .map_err(|e| CommandError::Usage(e.to_string()))?;
+    if queue.ping(&|| shutdown.requested()).is_ok() {
+        notify::notify("READY=1");
+        log::info!("ready: redis and the backend answer");
+    }
+    Ok(())
+}
+
+/// Waits for the stop flag, meanwhile keeping systemd's watchdog fed while the process is
+/// healthy.
+///
+/// A backend request that runs far past the job timeout means the backend is stuck: the workers
+/// have already retried their jobs, so the process stops with a failure and the supervisor
+/// restarts it with a fresh backend. A worker silent for longer than that is wedged outside the
+/// backend (a decoder that never returns): the watchdog is no longer fed, so systemd restarts
+/// the process and the job is recovered from its processing list.
+fn watch(shutdown: &Shutdown, backend: &BackendState, pulses: &Pulses, job_timeout: Duration) {
+    let watchdog = notify::watchdog_period();
+    let wedged_after = job_timeout * 2 + Duration::from_secs(10);
+    let mut fed = Instant::now();
+    let mut warned = false;
     while !shutdown.requested() {
         thread::sleep(Duration::from_millis(100));
         if let Some(busy) = backend.busy_for()
@@ -181,6 +211,21 @@ fn watch_backend(shutdown: &Shutdown, backend: &BackendState, job_timeout: Durat
                 "the backend has been busy with one request for {busy:?}, over twice the job \
                  timeout of {job_timeout:?}"
             ));
+        }
+        let silence = pulses.longest_silence();
+        if let Some(period) = watchdog
+            && fed.elapsed() >= period
+        {
+            if silence < wedged_after {
+                notify::notify("WATCHDOG=1");
+                fed = Instant::now();
+                warned = false;
+            } else if !warned {
+                log::error!(
+                    "a worker has shown no progress for {silence:?}; no longer feeding the watchdog"
+                );
+                warned = true;
+            }
         }
     }
 }

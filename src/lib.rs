@@ -12,6 +12,7 @@ pub mod encode;
 pub mod failpoint;
 pub mod job;
 pub mod maintenance;
+pub mod notify;
 pub mod ops;
 pub mod output;
 pub mod queue;

@@ -217,6 +217,13 @@ impl Queue {
         }
     }
 
+    /// Waits until Redis answers a PING.
+    pub fn ping(&mut self, stopping: &dyn Fn() -> bool) -> Result<(), QueueError> {
+        self.call(stopping, |conn, _, _| {
+            redis::cmd("PING").query::<String>(conn).map(drop)
+        })
+    }
+
     /// Registers this worker's processing list in the consumers set.
     pub fn register(&mut self, stopping: &dyn Fn() -> bool) -> Result<(), QueueError> {
         self.call(stopping, |conn, keys, processing| {

@@ -10,7 +10,8 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
@@ -81,6 +82,32 @@ impl Stage {
             Stage::Write => "write",
             Stage::Settle => "settle",
         }
+    }
+}
+
+/// When each worker last showed it is alive, for the systemd watchdog.
+#[derive(Debug)]
+pub struct Pulses {
+    last_ms: Vec<AtomicU64>,
+}
+
+impl Pulses {
+    pub fn new(workers: usize) -> Pulses {
+        Pulses {
+            last_ms: (0..workers)
+                .map(|_| AtomicU64::new(job::now_ms()))
+                .collect(),
+        }
+    }
+
+    pub fn beat(&self, worker: usize) {
+        self.last_ms[worker].store(job::now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long the quietest worker has been quiet.
+    pub fn longest_silence(&self) -> Duration {
+        let oldest = self.last_ms.iter().map(|t| t.load(Ordering::Relaxed)).min();
+        Duration::from_millis(oldest.map_or(0, |t| job::now_ms().saturating_sub(t)))
     }
 }
 
@@ -249,6 +276,7 @@ pub struct Worker {
     pub queue: Queue,
     pub pipeline: Arc<Pipeline>,
     pub config: Arc<Config>,
+    pub pulses: Arc<Pulses>,
     pub shutdown: Shutdown,
 }
 
@@ -256,7 +284,13 @@ impl Worker {
     /// Runs until the stop flag is set and the job in hand is settled.
     pub fn run(mut self) {
         let shutdown = self.shutdown.clone();
-        let stopping = move || shutdown.requested();
+        let (pulses, index) = (Arc::clone(&self.pulses), self.index);
+        // The stop check runs before every claim and on every retry of a Redis call, so it also
+        // records that this worker is alive, waiting on Redis or not.
+        let stopping = move || {
+            pulses.beat(index);
+            shutdown.requested()
+        };
         if let Err(err) = self.queue.register(&stopping) {
             log::debug!("consumer={} not registered: {err}", self.consumer);
         }
@@ -311,6 +345,7 @@ impl Worker {
     }
 
     fn mark(&mut self, stage: Stage) {
+        self.pulses.beat(self.index);
         self.queue.mark_stage(&self.consumer, stage.name());
     }
 
@@ -436,7 +471,11 @@ impl Worker {
         self.mark(Stage::Settle);
         failpoint::hit("before-ack");
         // The outcome is written whatever the stop flag says: stopping means finishing this.
-        let settled = self.queue.settle(raw, outcome, &|| false);
+        let (pulses, index) = (Arc::clone(&self.pulses), self.index);
+        let settled = self.queue.settle(raw, outcome, &move || {
+            pulses.beat(index);
+            false
+        });
         self.mark(Stage::Idle);
         match settled {
             Ok(Settled::Written) => {}

@@ -187,6 +187,10 @@ pub fn worker_command(dirs: &Dirs) -> Command {
             command.env_remove(name);
         }
     }
+    // A test run under systemd must not have its daemons talk to the real service manager.
+    for name in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        command.env_remove(name);
+    }
     command.arg("--config").arg(&dirs.config);
     command
 }
