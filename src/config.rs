@@ -875,6 +875,44 @@ mod tests {
         );
     }
 
+    const PACKAGED: &str = include_str!("../packaging/config.toml");
+
+    /// The packaged config's commented-out lines, uncommented, except those whose default
+    /// depends on the machine.
+    fn packaged_defaults() -> String {
+        PACKAGED
+            .lines()
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| line.contains(" = ") && !line.contains('<'))
+            .map(|line| format!("{line}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn packaged_config_documents_every_setting() {
+        for setting in SETTINGS {
+            let line = format!("# {} = ", setting.key);
+            assert!(
+                PACKAGED.contains(&line),
+                "packaging/config.toml lacks {}",
+                setting.key
+            );
+        }
+        let mut raw = RawSettings::default();
+        raw.read_file(Path::new("config.toml"), PACKAGED).unwrap();
+        assert!(resolve(&raw).is_ok(), "as shipped, every line is a comment");
+    }
+
+    #[test]
+    fn packaged_config_shows_the_real_defaults() {
+        let mut raw = RawSettings::default();
+        raw.read_file(Path::new("config.toml"), &packaged_defaults())
+            .unwrap();
+        let documented = resolve(&raw).unwrap();
+        let built_in = resolve(&RawSettings::default()).unwrap();
+        assert_eq!(format!("{documented:?}"), format!("{built_in:?}"));
+    }
+
     #[test]
     fn every_setting_has_a_flag_and_variable() {
         for s in SETTINGS {
