@@ -71,11 +71,8 @@ fn llen(conn: &mut redis::Connection, key: &str) -> usize {
 /// Starts a plain one-worker daemon, lets it finish `names`, stops it cleanly and checks the
 /// invariant; returns how many ended done.
 fn restart_and_finish(redis: &RedisServer, dirs: &Dirs, names: &[String]) -> usize {
-    let mut conn = redis.conn();
     let daemon = Daemon::start(redis, dirs, &one_worker());
-    wait_for_outcomes(&mut conn, names.len(), WAIT);
-    assert!(daemon.stop().success());
-    assert_invariant(&mut conn, names, &dirs.output).0
+    finish(daemon, &mut redis.conn(), names, &dirs.output)
 }
 
 /// Pushes one job and starts a one-worker daemon whose encoder hangs; returns once the job has
@@ -199,10 +196,7 @@ fn sigterm_with_jobs_in_flight_exits_0_and_loses_nothing() {
     );
 
     let daemon = Daemon::start(&redis, &dirs, &[]);
-    wait_for_outcomes(&mut conn, names.len(), WAIT);
-    assert!(daemon.stop().success());
-    let (done, _) = assert_invariant(&mut conn, &names, &dirs.output);
-    assert_eq!(done, names.len());
+    assert_eq!(finish(daemon, &mut conn, &names, &dirs.output), names.len());
 }
 
 #[test]
@@ -273,18 +267,7 @@ fn a_stuck_backend_retries_the_job_and_stops_the_process() {
         "a stuck backend stops the process with a failure"
     );
     assert_nothing_claimed(&mut conn);
-    let retry: Vec<String> = redis::cmd("ZRANGE")
-        .arg("image_retry")
-        .arg(0)
-        .arg(-1)
-        .query(&mut conn)
-        .unwrap();
-    let waiting = list(&mut conn, "image_jobs");
-    let pending: Vec<Value> = retry
-        .iter()
-        .chain(&waiting)
-        .map(|p| serde_json::from_str(p).unwrap())
-        .collect();
+    let pending = pending_jobs(&mut conn);
     assert_eq!(
         pending.len(),
         1,
@@ -355,10 +338,7 @@ fn redis_killed_and_restarted_while_jobs_are_in_flight() {
     thread::sleep(Duration::from_millis(1500));
     redis.restart();
     let mut conn = redis.conn();
-    wait_for_outcomes(&mut conn, names.len(), WAIT);
-    assert!(daemon.stop().success());
-    let (done, _) = assert_invariant(&mut conn, &names, &dirs.output);
-    assert_eq!(done, names.len());
+    assert_eq!(finish(daemon, &mut conn, &names, &dirs.output), names.len());
 }
 
 #[test]
@@ -376,12 +356,7 @@ fn redis_killed_and_restarted_while_the_worker_is_idle() {
     for id in &names {
         push_job(&mut conn, &job_json(id, &input));
     }
-    wait_for_outcomes(&mut conn, names.len(), WAIT);
-    assert!(daemon.stop().success());
-    assert_eq!(
-        assert_invariant(&mut conn, &names, &dirs.output).0,
-        names.len()
-    );
+    assert_eq!(finish(daemon, &mut conn, &names, &dirs.output), names.len());
 }
 
 #[test]
@@ -404,12 +379,7 @@ fn client_pause_longer_than_the_block_timeout_delays_but_loses_nothing() {
     for id in &names {
         push_job(&mut producer, &job_json(id, &input));
     }
-    wait_for_outcomes(&mut conn, names.len(), WAIT);
-    assert!(daemon.stop().success());
-    assert_eq!(
-        assert_invariant(&mut conn, &names, &dirs.output).0,
-        names.len()
-    );
+    assert_eq!(finish(daemon, &mut conn, &names, &dirs.output), names.len());
 }
 
 #[test]
@@ -510,16 +480,9 @@ fn a_full_disk_is_retried_without_partial_files_and_done_once_space_is_freed() {
     let daemon = Daemon::start(&redis, &dirs, &flags);
 
     wait_until("a retry for the full disk is scheduled", || {
-        let retry: Vec<String> = redis::cmd("ZRANGE")
-            .arg("image_retry")
-            .arg(0)
-            .arg(-1)
-            .query(&mut conn)
-            .unwrap();
-        retry.iter().chain(&list(&mut conn, "image_jobs")).any(|p| {
-            let job: Value = serde_json::from_str(p).unwrap();
-            job["last_error_kind"] == "output"
-        })
+        pending_jobs(&mut conn)
+            .iter()
+            .any(|job| job["last_error_kind"] == "output")
     });
     assert_no_temp_files(&disk.path);
     for path in files_below(&disk.path)

@@ -240,19 +240,11 @@ fn blocked_output_is_retried_then_done_with_attempts_counted() {
     // Wait until the first failure is scheduled as a retry, then clear the way.
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let retry: Vec<String> = redis::cmd("ZRANGE")
-            .arg("image_retry")
-            .arg(0)
-            .arg(-1)
-            .query(&mut conn)
-            .unwrap();
-        let waiting = list(&mut conn, "image_jobs");
-        if let Some(payload) = retry.first().or(waiting.first()) {
-            let job: Value = serde_json::from_str(payload).unwrap();
-            if job["attempts"].as_u64() >= Some(1) {
-                assert_eq!(job["last_error_kind"], "output", "{job}");
-                break;
-            }
+        if let Some(job) = pending_jobs(&mut conn).first()
+            && job["attempts"].as_u64() >= Some(1)
+        {
+            assert_eq!(job["last_error_kind"], "output", "{job}");
+            break;
         }
         assert!(
             std::time::Instant::now() < deadline,

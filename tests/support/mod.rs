@@ -398,6 +398,34 @@ pub fn assert_invariant(
     (done.len(), failed.len())
 }
 
+/// Waits until every one of `names` has an outcome, stops `daemon` cleanly, checks the
+/// invariant and returns how many ended done.
+pub fn finish(
+    daemon: Daemon,
+    conn: &mut redis::Connection,
+    names: &[String],
+    output: &Path,
+) -> usize {
+    wait_for_outcomes(conn, names.len(), Duration::from_secs(60));
+    assert!(daemon.stop().success(), "clean exit after SIGTERM");
+    assert_invariant(conn, names, output).0
+}
+
+/// The jobs not yet settled and not claimed: retry-set members and waiting jobs, parsed.
+pub fn pending_jobs(conn: &mut redis::Connection) -> Vec<Value> {
+    let retry: Vec<String> = redis::cmd("ZRANGE")
+        .arg("image_retry")
+        .arg(0)
+        .arg(-1)
+        .query(conn)
+        .unwrap();
+    retry
+        .iter()
+        .chain(&list(conn, "image_jobs"))
+        .map(|payload| serde_json::from_str(payload).unwrap())
+        .collect()
+}
+
 /// Every file below `dir`, recursively.
 pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
