@@ -14,24 +14,7 @@ const TOLERANCE: i32 = 6;
 
 fn process_centre_pixel(dirs: &Dirs, input: &Path, id: &str) -> [u8; 3] {
     let out = dirs.base.path().join("out");
-    let result = run_binary(
-        dirs,
-        &[
-            "process",
-            input.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--id",
-            id,
-            "--backend",
-            "cpu",
-        ],
-    );
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    run_process(dirs, input, &out, id);
     let (w, h, pixels) = read_webp(&out.join(id).join(format!("{id}_thumb.webp")));
     let i = (((h / 2) * w + w / 2) * 4) as usize;
     [pixels[i], pixels[i + 1], pixels[i + 2]]

@@ -30,22 +30,7 @@ fn one_worker() -> [&'static str; 2] {
 /// The outputs `process` writes for `input` under `id`: what an undisturbed run produces.
 fn reference_outputs(dirs: &Dirs, input: &Path, id: &str) -> Vec<Vec<u8>> {
     let out = dirs.base.path().join(format!("reference-{id}"));
-    let result = run_binary(
-        dirs,
-        &[
-            "process",
-            input.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--id",
-            id,
-        ],
-    );
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    run_process(dirs, input, &out, id);
     renditions_of(&out, id)
 }
 

@@ -353,23 +353,7 @@ fn process_writes_byte_identical_outputs_to_the_daemon() {
         "thumb_size = 200\nblur_sigma = 2.5\nlq_quality = 45\n",
     )
     .unwrap();
-    let result = run_binary(
-        &dirs,
-        &[
-            "process",
-            input.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--backend",
-            "cpu",
-        ],
-    );
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&result.stdout).unwrap();
+    let printed = run_process(&dirs, &input, &out, "same");
     assert_eq!(printed["id"], "same");
     for rendition in ["thumb", "blur", "lq"] {
         let daemon_bytes = fs::read(output_path(&dirs, "same", rendition)).unwrap();

@@ -303,6 +303,30 @@ pub fn run_binary(dirs: &Dirs, args: &[&str]) -> Output {
     worker_command(dirs).args(args).output().unwrap()
 }
 
+/// Runs `image-worker process` on `input` into `out` as job `id` on the CPU backend, asserts
+/// that it succeeded and returns the done message it printed.
+pub fn run_process(dirs: &Dirs, input: &Path, out: &Path, id: &str) -> Value {
+    let result = run_binary(
+        dirs,
+        &[
+            "process",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--id",
+            id,
+            "--backend",
+            "cpu",
+        ],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    serde_json::from_slice(&result.stdout).unwrap()
+}
+
 pub fn push_job(conn: &mut redis::Connection, payload: &str) {
     redis::cmd("LPUSH")
         .arg("image_jobs")
