@@ -9,7 +9,12 @@
 //! The thread ends when every [`BackendHandle`] has been dropped: disconnection of the request
 //! channel is the normal way to stop it, after it has answered what was already queued.
 
+pub mod coeffs;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(feature = "cuda")]
+mod driver;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -224,26 +229,69 @@ fn serve(
     log::debug!("backend thread: all workers are gone, stopping");
 }
 
-/// Starts the backend thread for `choice`. `auto` without CUDA support in this build falls back
-/// to the CPU with one warning; `cuda` without it is an error for the caller to refuse start-up.
+/// Device memory in use on the GPU (bytes), kept by the CUDA backend after each image for
+/// metrics; `u64::MAX` while no GPU backend runs.
+static DEVICE_MEMORY_USED: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Device memory in use on the GPU the CUDA backend drives, if one does.
+pub fn device_memory_used() -> Option<u64> {
+    match DEVICE_MEMORY_USED.load(Ordering::Relaxed) {
+        u64::MAX => None,
+        used => Some(used),
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub(crate) fn set_device_memory_used(used: Option<u64>) {
+    DEVICE_MEMORY_USED.store(used.unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
+/// Starts the backend thread for `choice`. `auto` uses CUDA when this build has it and a device
+/// answers, else the CPU with one warning that says why; `cuda` without a usable device is an
+/// error for the caller to refuse start-up with.
 pub fn start(
     choice: crate::config::BackendChoice,
     depth: usize,
     timeout: Duration,
 ) -> Result<(BackendThread, BackendHandle, String), BackendError> {
     use crate::config::BackendChoice;
+    let cpu = || {
+        let make = || Ok(Box::new(cpu::CpuBackend::new()) as Box<dyn Backend>);
+        BackendThread::start(Box::new(make), depth, timeout)
+    };
     match choice {
-        BackendChoice::Cpu => {}
-        BackendChoice::Auto => log::warn!(
-            "backend=auto: this build has no CUDA support (cargo feature cuda); using the cpu backend"
-        ),
-        BackendChoice::Cuda => {
-            return Err(BackendError::Unavailable(
-                "backend cuda was asked for, but this binary was built without the cuda feature"
-                    .into(),
-            ));
-        }
+        BackendChoice::Cpu => cpu(),
+        BackendChoice::Cuda => start_cuda(depth, timeout),
+        BackendChoice::Auto => match start_cuda(depth, timeout) {
+            Err(BackendError::Unavailable(reason)) => {
+                log::warn!("backend=auto: {reason}; using the cpu backend");
+                let (thread, handle, description) = cpu()?;
+                Ok((
+                    thread,
+                    handle,
+                    format!("{description}, as backend=auto: {reason}"),
+                ))
+            }
+            other => other,
+        },
     }
-    let make = || Ok(Box::new(cpu::CpuBackend::new()) as Box<dyn Backend>);
+}
+
+#[cfg(feature = "cuda")]
+fn start_cuda(
+    depth: usize,
+    timeout: Duration,
+) -> Result<(BackendThread, BackendHandle, String), BackendError> {
+    let make = || cuda::CudaBackend::new().map(|b| Box::new(b) as Box<dyn Backend>);
     BackendThread::start(Box::new(make), depth, timeout)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn start_cuda(
+    _depth: usize,
+    _timeout: Duration,
+) -> Result<(BackendThread, BackendHandle, String), BackendError> {
+    Err(BackendError::Unavailable(
+        "this binary was built without CUDA support (cargo feature cuda)".into(),
+    ))
 }
