@@ -497,8 +497,9 @@ impl Gpu {
         self.download.reserve(driver, output_bytes)?;
 
         let stream = self.stream;
-        let mut step = |step: Step| match timer.as_deref_mut() {
-            Some(timer) => timer.record(stream, step),
+        // Marks the start of a step and the bytes it must at least read and write.
+        let mut step = |step: Step, bytes: usize| match timer.as_deref_mut() {
+            Some(timer) => timer.record(stream, step, bytes),
             None => Ok(()),
         };
         // SAFETY: every pointer below is inside a buffer reserved above for this job; the one
@@ -508,7 +509,7 @@ impl Gpu {
             ptr::copy_nonoverlapping(source.pixels.as_ptr(), staged, source_bytes);
             let tables_staged = staged.add(source_bytes);
             ptr::copy_nonoverlapping(tables.bytes.as_ptr(), tables_staged, tables.bytes.len());
-            step(Step::Upload)?;
+            step(Step::Upload, source_bytes + tables.bytes.len())?;
             self.copy_in(self.source.ptr, staged, source_bytes)?;
             self.copy_in(self.tables.ptr, tables_staged, tables.bytes.len())?;
 
@@ -529,7 +530,7 @@ impl Gpu {
                 }
             }
             if source.has_alpha {
-                step(Step::Premultiply)?;
+                step(Step::Premultiply, 2 * source_bytes)?;
                 self.launch_flat(
                     self.kernels.premultiply,
                     self.source.ptr,
@@ -541,9 +542,10 @@ impl Gpu {
                 let resampled_into = if blurred { self.reduced.ptr } else { out };
                 match at.passes {
                     Some((x, y)) => {
-                        step(Step::ResampleCols)?;
+                        let between = job.source.0 as usize * job.height as usize * 4;
+                        step(Step::ResampleCols, source_bytes + between)?;
                         self.launch_cols(job, self.tables.ptr, y)?;
-                        step(Step::ResampleRows)?;
+                        step(Step::ResampleRows, between + job.output_bytes())?;
                         self.launch_rows(job, self.tables.ptr, x, resampled_into)?;
                     }
                     None if blurred => {
@@ -557,7 +559,7 @@ impl Gpu {
                         self.tables.ptr + taps.offset,
                         taps.bytes,
                     )?;
-                    step(Step::BlurRows)?;
+                    step(Step::BlurRows, 5 * job.output_bytes())?;
                     self.launch_blur(
                         self.kernels.blur_rows,
                         job,
@@ -565,7 +567,7 @@ impl Gpu {
                         self.reduced.ptr,
                         self.scratch.ptr,
                     )?;
-                    step(Step::BlurCols)?;
+                    step(Step::BlurCols, 5 * job.output_bytes())?;
                     self.launch_blur(
                         self.kernels.blur_cols,
                         job,
@@ -575,11 +577,11 @@ impl Gpu {
                     )?;
                 }
                 if source.has_alpha {
-                    step(Step::Unpremultiply)?;
+                    step(Step::Unpremultiply, 2 * job.output_bytes())?;
                     self.launch_flat(self.kernels.unpremultiply, out, job.width * job.height)?;
                 }
             }
-            step(Step::Download)?;
+            step(Step::Download, output_bytes)?;
             check(
                 "cuMemcpyDtoHAsync_v2",
                 (driver.cuMemcpyDtoHAsync_v2)(
@@ -589,7 +591,7 @@ impl Gpu {
                     stream,
                 ),
             )?;
-            step(Step::End)?;
+            step(Step::End, 0)?;
         }
         Ok(())
     }
@@ -794,8 +796,10 @@ impl Gpu {
             timer.clear();
             self.enqueue(source, &jobs, Some(&mut timer))?;
             self.sync()?;
-            for (step, ms) in timer.elapsed()? {
-                *totals.ms.entry(step.name()).or_default() += ms as f64 / rounds.max(1) as f64;
+            let share = 1.0 / rounds.max(1) as f64;
+            for (step, ms, bytes) in timer.elapsed()? {
+                *totals.ms.entry(step.name()).or_default() += ms as f64 * share;
+                *totals.bytes.entry(step.name()).or_default() += bytes as f64 * share;
             }
         }
         totals.source_bytes = source.pixels.len();
@@ -1092,10 +1096,12 @@ impl Step {
     }
 }
 
-/// Milliseconds per step kind, averaged over the profiled rounds.
+/// Per step kind, averaged over the profiled rounds: milliseconds, and the bytes the step must
+/// at least read and write (each input and output once), for bandwidth figures.
 #[derive(Clone, Debug, Default)]
 pub struct Profile {
     pub ms: std::collections::BTreeMap<&'static str, f64>,
+    pub bytes: std::collections::BTreeMap<&'static str, f64>,
     pub source_bytes: usize,
     pub output_bytes: usize,
 }
@@ -1103,7 +1109,7 @@ pub struct Profile {
 /// Events recorded on the stream between steps.
 struct Timer {
     driver: &'static Driver,
-    events: Vec<(Step, driver::CuEvent)>,
+    events: Vec<(Step, usize, driver::CuEvent)>,
     used: usize,
 }
 
@@ -1120,26 +1126,27 @@ impl Timer {
         self.used = 0;
     }
 
-    fn record(&mut self, stream: CuStream, step: Step) -> Result<(), CudaError> {
+    fn record(&mut self, stream: CuStream, step: Step, bytes: usize) -> Result<(), CudaError> {
         if self.used == self.events.len() {
             let mut event = ptr::null_mut();
             // SAFETY: out-pointer to a local; default event flags.
             check("cuEventCreate", unsafe {
                 (self.driver.cuEventCreate)(&mut event, 0)
             })?;
-            self.events.push((step, event));
+            self.events.push((step, bytes, event));
         }
         self.events[self.used].0 = step;
+        self.events[self.used].1 = bytes;
         // SAFETY: an event and a stream of the current context.
         check("cuEventRecord", unsafe {
-            (self.driver.cuEventRecord)(self.events[self.used].1, stream)
+            (self.driver.cuEventRecord)(self.events[self.used].2, stream)
         })?;
         self.used += 1;
         Ok(())
     }
 
     /// Time from each recorded step to the next.
-    fn elapsed(&self) -> Result<Vec<(Step, f32)>, CudaError> {
+    fn elapsed(&self) -> Result<Vec<(Step, f32, usize)>, CudaError> {
         let events = &self.events[..self.used];
         let mut out = Vec::new();
         for pair in events.windows(2) {
@@ -1148,14 +1155,14 @@ impl Timer {
             unsafe {
                 check(
                     "cuEventSynchronize",
-                    (self.driver.cuEventSynchronize)(pair[1].1),
+                    (self.driver.cuEventSynchronize)(pair[1].2),
                 )?;
                 check(
                     "cuEventElapsedTime",
-                    (self.driver.cuEventElapsedTime)(&mut ms, pair[0].1, pair[1].1),
+                    (self.driver.cuEventElapsedTime)(&mut ms, pair[0].2, pair[1].2),
                 )?;
             }
-            out.push((pair[0].0, ms));
+            out.push((pair[0].0, ms, pair[0].1));
         }
         Ok(out)
     }
@@ -1163,7 +1170,7 @@ impl Timer {
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        for (_, event) in &self.events {
+        for (_, _, event) in &self.events {
             // SAFETY: events created by this timer.
             unsafe { (self.driver.cuEventDestroy_v2)(*event) };
         }
