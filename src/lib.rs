@@ -11,6 +11,7 @@ pub mod decode;
 pub mod encode;
 pub mod failpoint;
 pub mod job;
+pub mod logging;
 pub mod maintenance;
 pub mod notify;
 pub mod ops;
