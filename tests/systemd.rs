@@ -85,6 +85,7 @@ fn log_of_one_failed_job(journal_stream: Option<&str>) -> String {
             "1",
         ])
         .args(["--hostname", "journalhost", "--log-level", "debug"])
+        .args(["--metrics-addr", "off"])
         .arg("--input-root")
         .arg(&dirs.input)
         .arg("--output-root")
