@@ -934,6 +934,15 @@ mod tests {
     }
 
     #[test]
+    fn man_page_documents_every_setting() {
+        let man = include_str!("../packaging/image-worker.1");
+        for setting in SETTINGS {
+            let flag = format!(".BI \\-\\-{} ", setting.flag().replace('-', "\\-"));
+            assert!(man.contains(&flag), "packaging/image-worker.1 lacks {flag}");
+        }
+    }
+
+    #[test]
     fn metrics_address_is_an_address_or_off() {
         let config = resolve(&RawSettings::default()).unwrap();
         assert_eq!(config.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
