@@ -47,7 +47,7 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Show queue depths, the retry set, outcomes and claimed jobs
+    /// Show the queue, the retry set, failures by kind, live consumers and the oldest claim
     Status,
     /// Check config, Redis, roots and backend; exit 0 only if all answer
     Check,
