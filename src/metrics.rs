@@ -399,6 +399,13 @@ fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display
 }
 
 fn render_gauges(out: &mut String, metrics: &Metrics, probes: &Probes) {
+    render_pipeline_gauges(out, metrics, probes);
+    render_sampled_gauges(out, metrics);
+    render_process_gauges(out, metrics, probes);
+}
+
+/// What the workers and the backend thread are doing now.
+fn render_pipeline_gauges(out: &mut String, metrics: &Metrics, probes: &Probes) {
     gauge(
         out,
         "image_worker_jobs_in_flight",
@@ -421,6 +428,10 @@ fn render_gauges(out: &mut String, metrics: &Metrics, probes: &Probes) {
         "1 while the backend thread is rendering a request.",
         busy,
     );
+}
+
+/// Values read from elsewhere (Redis, the GPU backend); each is absent until first set.
+fn render_sampled_gauges(out: &mut String, metrics: &Metrics) {
     for (name, help, value) in [
         (
             "image_worker_queue_depth",
@@ -443,6 +454,10 @@ fn render_gauges(out: &mut String, metrics: &Metrics, probes: &Probes) {
             gauge(out, name, help, value);
         }
     }
+}
+
+/// The process: its backend, its liveness and its memory.
+fn render_process_gauges(out: &mut String, metrics: &Metrics, probes: &Probes) {
     if let Some(backend) = metrics.backend.get() {
         let name = "image_worker_backend_info";
         header(

@@ -316,6 +316,40 @@ fn outcomes_total(samples: &[Sample]) -> f64 {
         .sum()
 }
 
+/// The gauges of an idle CPU daemon after three done jobs that carried `enqueued_at`.
+fn assert_idle_cpu_gauges(samples: &[Sample]) {
+    assert_eq!(
+        value(samples, "image_worker_queue_wait_seconds_count", &[]),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(samples, "image_worker_retries_total", &[("kind", "read")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(samples, "image_worker_jobs_in_flight", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(samples, "image_worker_retry_set_size", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(samples, "image_worker_backend_channel_depth", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(samples, "image_worker_backend_info", &[("backend", "cpu")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(samples, "image_worker_device_memory_used_bytes", &[]),
+        None,
+        "no device memory on the cpu backend"
+    );
+    assert!(value(samples, "process_resident_memory_bytes", &[]).is_some_and(|v| v > 1e6));
+}
+
 #[test]
 fn metrics_count_exactly_the_settled_jobs_with_their_labels() {
     let redis = RedisServer::start();
@@ -379,36 +413,7 @@ fn metrics_count_exactly_the_settled_jobs_with_their_labels() {
         );
         assert_eq!(count, Some(3.0), "stage {stage} timed once per done job");
     }
-    assert_eq!(
-        value(&samples, "image_worker_queue_wait_seconds_count", &[]),
-        Some(3.0)
-    );
-    assert_eq!(
-        value(&samples, "image_worker_retries_total", &[("kind", "read")]),
-        Some(0.0)
-    );
-    assert_eq!(
-        value(&samples, "image_worker_jobs_in_flight", &[]),
-        Some(0.0)
-    );
-    assert_eq!(
-        value(&samples, "image_worker_retry_set_size", &[]),
-        Some(0.0)
-    );
-    assert_eq!(
-        value(&samples, "image_worker_backend_channel_depth", &[]),
-        Some(0.0)
-    );
-    assert_eq!(
-        value(&samples, "image_worker_backend_info", &[("backend", "cpu")]),
-        Some(1.0)
-    );
-    assert_eq!(
-        value(&samples, "image_worker_device_memory_used_bytes", &[]),
-        None,
-        "no device memory on the cpu backend"
-    );
-    assert!(value(&samples, "process_resident_memory_bytes", &[]).is_some_and(|v| v > 1e6));
+    assert_idle_cpu_gauges(&samples);
 
     // Nothing is counted twice on a later scrape.
     thread::sleep(Duration::from_millis(300));
