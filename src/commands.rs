@@ -17,6 +17,7 @@ use crate::backend::{self, BackendState};
 use crate::config::Config;
 use crate::job::{self, Job};
 use crate::maintenance::Maintenance;
+use crate::metrics::{self, Probes};
 use crate::notify;
 use crate::queue::{self, Keys, Queue};
 use crate::shutdown::Shutdown;
@@ -81,6 +82,7 @@ pub fn run(config: Config) -> CommandResult {
     ensure_output_root(&config.output_root)?;
     let (backend_thread, handle, description) = start_backend(&config)?;
     let backend_state = Arc::clone(handle.state());
+    metrics::global().set_backend(handle.name());
     let config = Arc::new(config);
     log::info!(
         "image-worker {} starting workers={} backend=\"{description}\" redis={} output_root={}",
@@ -92,10 +94,11 @@ pub fn run(config: Config) -> CommandResult {
 
     let pipeline = Arc::new(Pipeline::new(Arc::clone(&config), handle, Some(roots)));
     let pulses = Arc::new(Pulses::new(config.workers));
+    start_metrics(&config, &pulses, &backend_state, &shutdown)?;
     let workers = start_workers(&config, &pipeline, &pulses, &shutdown)?;
     drop(pipeline);
     let maintenance_stop = Arc::new(AtomicBool::new(false));
-    let maintenance = start_maintenance(&config, &maintenance_stop)?;
+    let maintenance = start_maintenance(&config, &maintenance_stop, &description)?;
 
     announce_ready(&config, &shutdown)?;
     watch(&shutdown, &backend_state, &pulses, config.job_timeout);
@@ -129,6 +132,42 @@ pub fn run(config: Config) -> CommandResult {
     Ok(0)
 }
 
+/// How long a worker may show no progress before it counts as wedged: longer than a job may
+/// legitimately wait for the backend, twice over.
+fn wedged_after(job_timeout: Duration) -> Duration {
+    job_timeout * 2 + Duration::from_secs(10)
+}
+
+/// Serves `/metrics` and `/healthz` when `metrics_addr` is set. An address that cannot be bound
+/// stops the start-up: an operator who asked for metrics must not get a daemon without them.
+fn start_metrics(
+    config: &Config,
+    pulses: &Arc<Pulses>,
+    backend: &Arc<BackendState>,
+    shutdown: &Shutdown,
+) -> Result<(), CommandError> {
+    let Some(addr) = config.metrics_addr else {
+        return Ok(());
+    };
+    let probes = Probes {
+        pulses: Arc::clone(pulses),
+        backend: Arc::clone(backend),
+        shutdown: shutdown.clone(),
+        wedged_after: wedged_after(config.job_timeout),
+    };
+    let bound = metrics::serve(addr, probes).map_err(|err| {
+        CommandError::Failed(format!("metrics_addr {addr} cannot be served: {err}"))
+    })?;
+    if !bound.ip().is_loopback() {
+        log::warn!(
+            "metrics listening on {bound}, which is not a loopback address: /metrics and \
+             /healthz have no authentication"
+        );
+    }
+    log::info!("metrics listening on http://{bound}/metrics and /healthz");
+    Ok(())
+}
+
 fn start_workers(
     config: &Arc<Config>,
     pipeline: &Arc<Pipeline>,
@@ -159,6 +198,7 @@ fn start_workers(
 fn start_maintenance(
     config: &Arc<Config>,
     stop: &Arc<AtomicBool>,
+    backend: &str,
 ) -> Result<thread::JoinHandle<()>, CommandError> {
     let consumer = format!("{}:maintenance", config.hostname);
     let maintenance = Maintenance {
@@ -167,6 +207,7 @@ fn start_maintenance(
         config: Arc::clone(config),
         workers: config.workers,
         stop: Arc::clone(stop),
+        backend: backend.to_owned(),
     };
     thread::Builder::new()
         .name("maintenance".into())
@@ -199,7 +240,7 @@ fn announce_ready(config: &Config, shutdown: &Shutdown) -> Result<(), CommandErr
 /// the process and the job is recovered from its processing list.
 fn watch(shutdown: &Shutdown, backend: &BackendState, pulses: &Pulses, job_timeout: Duration) {
     let watchdog = notify::watchdog_period();
-    let wedged_after = job_timeout * 2 + Duration::from_secs(10);
+    let wedged_after = wedged_after(job_timeout);
     let mut fed = Instant::now();
     let mut warned = false;
     while !shutdown.requested() {
@@ -326,89 +367,14 @@ pub fn enqueue(config: Config, files: &[PathBuf]) -> CommandResult {
     Ok(0)
 }
 
-/// Prints queue depths, the retry set, outcome counts and every processing list.
+/// Prints the queue, the retry set, outcomes, live hosts with their consumers and claims.
 pub fn status(config: Config) -> CommandResult {
     let mut conn = connect(&config)?;
     let keys = Keys::new(&config.keys);
-    let q = |e: redis::RedisError| CommandError::Failed(format!("redis: {e}"));
-    let waiting: u64 = redis::cmd("LLEN")
-        .arg(&keys.jobs)
-        .query(&mut conn)
-        .map_err(q)?;
-    let retrying: u64 = redis::cmd("ZCARD")
-        .arg(&keys.retry)
-        .query(&mut conn)
-        .map_err(q)?;
-    let next: Vec<(String, f64)> = redis::cmd("ZRANGE")
-        .arg(&keys.retry)
-        .arg(0)
-        .arg(0)
-        .arg("WITHSCORES")
-        .query(&mut conn)
-        .map_err(q)?;
-    let done: u64 = redis::cmd("LLEN")
-        .arg(&keys.done)
-        .query(&mut conn)
-        .map_err(q)?;
-    let failed_count: u64 = redis::cmd("LLEN")
-        .arg(&keys.failed)
-        .query(&mut conn)
-        .map_err(q)?;
-
-    println!("redis       {}", config.redis_url);
-    println!("queue       {:<40} {waiting} waiting", keys.jobs);
-    let due = next.first().map(|(_, score)| {
-        let seconds = (*score - job::now_ms() as f64) / 1000.0;
-        format!(" (next due in {:.1} s)", seconds.max(0.0))
-    });
-    println!(
-        "retry       {:<40} {retrying}{}",
-        keys.retry,
-        due.unwrap_or_default()
-    );
-    println!("done        {:<40} {done}", keys.done);
-    println!("failed      {:<40} {failed_count}", keys.failed);
-    for list in processing_lists(&mut conn, &keys).map_err(q)? {
-        let held: Vec<Vec<u8>> = redis::cmd("LRANGE")
-            .arg(&list)
-            .arg(0)
-            .arg(-1)
-            .query(&mut conn)
-            .map_err(q)?;
-        let ids: Vec<String> = held
-            .iter()
-            .map(|raw| Job::parse(raw).map(|j| j.id).unwrap_or_else(|_| "?".into()))
-            .collect();
-        println!(
-            "processing  {list:<40} {} claimed {}",
-            held.len(),
-            ids.join(" ")
-        );
-    }
+    let status = crate::status::read(&mut conn, &keys, job::now_ms())
+        .map_err(|e| CommandError::Failed(format!("redis: {e}")))?;
+    print!("{}", status.render(&config.redis_url, &keys));
     Ok(0)
-}
-
-/// The registered processing lists and any others that exist, sorted.
-fn processing_lists(conn: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<Vec<String>> {
-    let mut lists: Vec<String> = redis::cmd("SMEMBERS").arg(&keys.consumers).query(conn)?;
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(keys.processing_pattern())
-            .arg("COUNT")
-            .arg(500)
-            .query(conn)?;
-        lists.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    lists.sort();
-    lists.dedup();
-    Ok(lists)
 }
 
 /// Checks config, Redis, the roots and the backend; exit 0 only if all answer.

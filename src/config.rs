@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -151,6 +152,11 @@ pub const SETTINGS: &[Setting] = &[
         "poison_limit",
         "N",
         "crash recoveries of one job before it fails as poison [default: 2]",
+    ),
+    one(
+        "metrics_addr",
+        "ADDR",
+        "address for GET /metrics and /healthz, or off [default: 127.0.0.1:9464]",
     ),
     one(
         "retry_base_ms",
@@ -416,6 +422,8 @@ pub struct Config {
     pub alive_ttl: Duration,
     /// Recoveries after a crash a job may have before it fails as `poison`.
     pub poison_limit: u32,
+    /// Where `/metrics` and `/healthz` are served; `None` when turned off.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -466,6 +474,7 @@ impl Config {
                 })
             })?,
             poison_limit: r.one("poison_limit", "2", |v| parse_int(v, 0, 1000))?,
+            metrics_addr: r.one("metrics_addr", "127.0.0.1:9464", parse_metrics_addr)?,
             retry: RetryPolicy {
                 base_ms: r.one("retry_base_ms", "1000", |v| parse_int(v, 1, 86_400_000))?,
                 max_ms: r.one("retry_max_ms", "300000", |v| parse_int(v, 1, 86_400_000))?,
@@ -680,6 +689,17 @@ fn parse_redis_url(value: &str) -> Result<String, String> {
         return Err("expected a URL such as redis://127.0.0.1:6379".into());
     }
     Ok(value.to_owned())
+}
+
+/// A socket address (`127.0.0.1:9464`, `[::1]:9464`), or `off` for no metrics server.
+fn parse_metrics_addr(value: &str) -> Result<Option<SocketAddr>, String> {
+    match value.trim() {
+        "off" | "none" | "false" => Ok(None),
+        text => text
+            .parse()
+            .map(Some)
+            .map_err(|_| "expected an address such as 127.0.0.1:9464, or off".into()),
+    }
 }
 
 fn parse_key_prefix(value: &str) -> Result<String, String> {
@@ -911,6 +931,27 @@ mod tests {
         let documented = resolve(&raw).unwrap();
         let built_in = resolve(&RawSettings::default()).unwrap();
         assert_eq!(format!("{documented:?}"), format!("{built_in:?}"));
+    }
+
+    #[test]
+    fn man_page_documents_every_setting() {
+        let man = include_str!("../packaging/image-worker.1");
+        for setting in SETTINGS {
+            let flag = format!(".BI \\-\\-{} ", setting.flag().replace('-', "\\-"));
+            assert!(man.contains(&flag), "packaging/image-worker.1 lacks {flag}");
+        }
+    }
+
+    #[test]
+    fn metrics_address_is_an_address_or_off() {
+        let config = resolve(&RawSettings::default()).unwrap();
+        assert_eq!(config.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(parse_metrics_addr("off"), Ok(None));
+        assert_eq!(
+            parse_metrics_addr("[::1]:1"),
+            Ok(Some("[::1]:1".parse().unwrap()))
+        );
+        assert!(parse_metrics_addr("localhost").is_err());
     }
 
     #[test]

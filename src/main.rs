@@ -47,7 +47,7 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Show queue depths, the retry set, outcomes and claimed jobs
+    /// Show the queue, the retry set, failures by kind, live consumers and the oldest claim
     Status,
     /// Check config, Redis, roots and backend; exit 0 only if all answer
     Check,
@@ -117,16 +117,6 @@ fn system_hostname() -> String {
     }
 }
 
-fn init_logging(level: log::LevelFilter) {
-    let config = simplelog::ConfigBuilder::new()
-        .set_thread_level(log::LevelFilter::Off)
-        .set_target_level(log::LevelFilter::Off)
-        .set_location_level(log::LevelFilter::Off)
-        .set_time_format_rfc3339()
-        .build();
-    let _ = simplelog::WriteLogger::init(level, config, std::io::stderr());
-}
-
 fn main() -> ExitCode {
     let matches = command_line().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
@@ -140,7 +130,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_level);
+    image_worker::logging::init(config.log_level);
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => commands::run(config),
         Command::Process { file, out, id } => commands::process(config, &file, &out, id),

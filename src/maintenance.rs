@@ -3,7 +3,9 @@
 //! Every tick (250 ms, or a third of the liveness TTL when that is shorter) it:
 //! - refreshes `image_worker:alive:{hostname}` with a TTL, every third of the TTL, so that
 //!   `requeue-stuck` leaves this host's processing lists alone while the process lives;
-//! - moves due members of the retry set back to the job queue.
+//! - moves due members of the retry set back to the job queue;
+//! - reads the depth of the job queue and the retry set for the metrics, every second; that
+//!   answer is also what `/healthz` takes as proof that Redis is reachable.
 //!
 //! It runs until the workers have drained (not merely until the stop signal), so that the
 //! liveness key stays fresh during a long drain; then it removes the liveness key.
@@ -17,15 +19,21 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::job;
+use crate::metrics;
 use crate::queue::{self, Queue};
 
 const TICK: Duration = Duration::from_millis(250);
+
+/// How often the queue depths are read for the metrics.
+const DEPTHS_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Maintenance {
     pub queue: Queue,
     pub config: Arc<Config>,
     pub workers: usize,
     pub stop: Arc<AtomicBool>,
+    /// The backend's description (device, capability, memory), shown by `status`.
+    pub backend: String,
 }
 
 impl Maintenance {
@@ -37,6 +45,7 @@ impl Maintenance {
         let tick = TICK.min(heartbeat_every);
         let alive = self.alive_value();
         let mut last_heartbeat: Option<Instant> = None;
+        let mut last_depths: Option<Instant> = None;
 
         while !stopping() {
             if last_heartbeat.is_none_or(|at| at.elapsed() >= heartbeat_every) {
@@ -48,6 +57,12 @@ impl Maintenance {
                 {
                     last_heartbeat = Some(Instant::now());
                 }
+            }
+            if last_depths.is_none_or(|at| at.elapsed() >= DEPTHS_EVERY)
+                && let Ok((waiting, retrying)) = self.queue.depths(&stopping)
+            {
+                metrics::global().set_redis_depths(waiting, retrying);
+                last_depths = Some(Instant::now());
             }
             match self.queue.promote_due(job::now_ms(), 100, &stopping) {
                 Ok(0) | Err(_) => thread::sleep(tick),
@@ -71,6 +86,7 @@ impl Maintenance {
             "started_at": job::now_ms(),
             "consumers": self.consumers(),
             "version": env!("CARGO_PKG_VERSION"),
+            "backend": self.backend,
         })
         .to_string()
     }

@@ -55,6 +55,8 @@ pub struct Keys {
     pub recoveries: String,
     /// Hash: raw payload → the stage it had reached when its worker died.
     pub last_stage: String,
+    /// Hash: consumer id → when it claimed the job it holds (ms since the epoch).
+    pub claimed_at: String,
     prefix: String,
 }
 
@@ -74,6 +76,7 @@ impl Keys {
             stages: format!("{prefix}_worker:stage"),
             recoveries: format!("{prefix}_worker:recoveries"),
             last_stage: format!("{prefix}_worker:last_stage"),
+            claimed_at: format!("{prefix}_worker:claimed_at"),
             prefix,
         }
     }
@@ -333,19 +336,29 @@ impl Queue {
 
     /// Records the stage `consumer`'s job has reached, without waiting for the reply: the
     /// command is on its way to Redis before the next step of the job starts, so a crash in that
-    /// step still leaves the stage recorded, at no round trip per stage. Best effort: without a
-    /// connection, nothing is recorded.
+    /// step still leaves the stage recorded, at no round trip per stage. The `claimed` stage
+    /// also records the claim time, in the same write. Best effort: without a connection,
+    /// nothing is recorded.
     pub fn mark_stage(&mut self, consumer: &str, stage: &str) {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        let command = redis::cmd("HSET")
+        let mut commands = redis::pipe();
+        commands
+            .cmd("HSET")
             .arg(&self.keys.stages)
             .arg(consumer)
-            .arg(stage)
-            .get_packed_command();
-        match conn.send_packed_command(&command) {
-            Ok(()) => self.unread_replies += 1,
+            .arg(stage);
+        if stage == "claimed" {
+            commands
+                .cmd("HSET")
+                .arg(&self.keys.claimed_at)
+                .arg(consumer)
+                .arg(crate::job::now_ms());
+        }
+        let sent = commands.len();
+        match conn.send_packed_command(&commands.get_packed_pipeline()) {
+            Ok(()) => self.unread_replies += sent,
             Err(_) => {
                 self.conn = None;
                 self.unread_replies = 0;
@@ -391,6 +404,18 @@ impl Queue {
         })
         .ok()
         .and_then(|pair| pair.into_iter().nth(1))
+    }
+
+    /// The number of waiting jobs and of jobs in the retry set.
+    pub fn depths(&mut self, stopping: &dyn Fn() -> bool) -> Result<(u64, u64), QueueError> {
+        self.call(stopping, |conn, keys, _| {
+            redis::pipe()
+                .cmd("LLEN")
+                .arg(&keys.jobs)
+                .cmd("ZCARD")
+                .arg(&keys.retry)
+                .query(conn)
+        })
     }
 
     /// Moves up to `limit` retries that are due by `now_ms` back to the job queue.

@@ -21,6 +21,7 @@ use crate::decode::{self, SourceInfo};
 use crate::encode;
 use crate::failpoint;
 use crate::job::{self, Disposition, Job, JobError};
+use crate::metrics::{self, Counted};
 use crate::ops;
 use crate::output;
 use crate::queue::{self, Outcome, Queue, QueueError, Settled};
@@ -164,7 +165,9 @@ impl Pipeline {
 
         mark(Stage::Render);
         let stage = Instant::now();
+        let waiting = metrics::global().backend_request();
         let rendered = self.backend.render(image, plan)?;
+        drop(waiting);
         timing.gpu = ms_since(stage);
 
         mark(Stage::Encode);
@@ -320,6 +323,7 @@ impl Worker {
                 stage.as_deref().unwrap_or("unknown")
             );
             self.queue.note_recovery(&raw, stage.as_deref(), stopping)?;
+            metrics::global().count_recovery("restart");
             self.handle(&raw);
         }
         Ok(())
@@ -334,6 +338,7 @@ impl Worker {
                     self.consumer,
                     raw.len()
                 );
+                metrics::global().count_recovery("reconnect");
                 self.handle(&raw);
             }
             return Ok(());
@@ -352,6 +357,7 @@ impl Worker {
     /// Runs one claimed payload and writes its outcome; never gives up on the write.
     fn handle(&mut self, raw: &[u8]) {
         failpoint::hit("after-claim");
+        let _in_flight = metrics::global().job_in_flight();
         self.mark(Stage::Claimed);
         let claimed_at = job::now_ms();
         let job = match Job::parse(raw) {
@@ -363,7 +369,8 @@ impl Worker {
                     err.kind(),
                     self.consumer
                 );
-                self.settle(raw, "?", &Outcome::Failed(&message));
+                let counted = Counted::Failed(err.kind());
+                self.settle(raw, "?", &Outcome::Failed(&message), &counted);
                 return;
             }
         };
@@ -385,7 +392,8 @@ impl Worker {
                     report.timing.total,
                     self.consumer
                 );
-                self.settle(raw, &job.id, &Outcome::Done(&message));
+                let counted = Counted::Done(&report.timing);
+                self.settle(raw, &job.id, &Outcome::Done(&message), &counted);
             }
             Err(err) => self.settle_error(raw, &job, attempt, &err),
         }
@@ -414,7 +422,8 @@ impl Worker {
         );
         let mut message = job::failed_message(job, &error, "poison", attempt, &self.consumer);
         message["stage"] = stage.into();
-        self.settle(raw, &job.id, &Outcome::Failed(&message.to_string()));
+        let outcome = Outcome::Failed(&message.to_string());
+        self.settle(raw, &job.id, &outcome, &Counted::Failed("poison"));
         true
     }
 
@@ -433,7 +442,8 @@ impl Worker {
             );
             let message =
                 job::failed_message(job, &err.to_string(), err.kind(), attempt, &self.consumer);
-            self.settle(raw, &job.id, &Outcome::Failed(&message.to_string()));
+            let outcome = Outcome::Failed(&message.to_string());
+            self.settle(raw, &job.id, &outcome, &Counted::Failed(err.kind()));
         } else if attempt >= self.config.max_attempts {
             let error = format!(
                 "gave up after {attempt} attempts; last error ({}): {err}",
@@ -445,7 +455,8 @@ impl Worker {
                 self.consumer
             );
             let message = job::failed_message(job, &error, "exhausted", attempt, &self.consumer);
-            self.settle(raw, &job.id, &Outcome::Failed(&message.to_string()));
+            let outcome = Outcome::Failed(&message.to_string());
+            self.settle(raw, &job.id, &outcome, &Counted::Failed("exhausted"));
         } else {
             let delay = queue::backoff_ms(&self.config.retry, attempt);
             let due_ms = job::now_ms() + delay;
@@ -463,11 +474,14 @@ impl Worker {
                     payload: &payload,
                     due_ms,
                 },
+                &Counted::Retry(err.kind()),
             );
         }
     }
 
-    fn settle(&mut self, raw: &[u8], id: &str, outcome: &Outcome<'_>) {
+    /// Writes the outcome and removes the claim; `counted` goes into the metrics once the
+    /// write has committed.
+    fn settle(&mut self, raw: &[u8], id: &str, outcome: &Outcome<'_>, counted: &Counted<'_>) {
         self.mark(Stage::Settle);
         failpoint::hit("before-ack");
         // The outcome is written whatever the stop flag says: stopping means finishing this.
@@ -478,7 +492,7 @@ impl Worker {
         });
         self.mark(Stage::Idle);
         match settled {
-            Ok(Settled::Written) => {}
+            Ok(Settled::Written) => metrics::global().count(counted),
             Ok(Settled::AlreadyGone) => log::warn!(
                 "job={id} claim was already gone when its outcome was written; nothing written consumer={}",
                 self.consumer

@@ -174,3 +174,134 @@ fn enqueue_then_status_shows_the_waiting_jobs() {
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("2 waiting"), "{text}");
 }
+
+/// Waits until the stage hash says `consumer` has reached `stage`.
+fn wait_for_stage(conn: &mut redis::Connection, consumer: &str, stage: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let now: Option<String> = redis::cmd("HGET")
+            .arg("image_worker:stage")
+            .arg(consumer)
+            .query(conn)
+            .unwrap();
+        if now.as_deref() == Some(stage) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{consumer} is at {now:?}, not {stage}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn status_shows_live_consumers_their_claims_and_failures_by_kind() {
+    let redis = RedisServer::start();
+    let dirs = Dirs::new();
+    let mut conn = redis.conn();
+    push_job(&mut conn, "{\"id\": \"bad/id\", \"input\": \"/x.jpg\"}");
+    let env = [("IMAGE_WORKER_TEST_FAILPOINT", "during-decode:hang")];
+    let _daemon = Daemon::start_with_env(&redis, &dirs, &["--workers", "1"], &env);
+    wait_for_outcomes(&mut conn, 1, std::time::Duration::from_secs(20));
+    let held = dirs.input_file("held.jpg", &jpeg(32, 32));
+    push_job(&mut conn, &job_json("held", &held));
+    wait_for_stage(&mut conn, "testhost:0", "decode");
+    push_job(&mut conn, &job_json("waiting", &held));
+    let due = serde_json::json!({"id": "later", "input": held}).to_string();
+    let in_a_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 60_000;
+    redis::cmd("ZADD")
+        .arg("image_retry")
+        .arg(in_a_minute)
+        .arg(&due)
+        .query::<()>(&mut conn)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+
+    let status = run_with(&dirs, &["status", "--redis", &redis.url()]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("1 waiting"), "{text}");
+    assert!(
+        text.contains("image_retry") && text.contains(" 1 (next due in 5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("image_failed") && text.contains("1: invalid=1"),
+        "{text}"
+    );
+    assert!(text.contains("hosts       1 live"), "{text}");
+    assert!(text.contains("host        testhost  pid "), "{text}");
+    assert!(
+        text.contains("  backend   cpu backend (fast_image_resize"),
+        "status names each live host's backend: {text}"
+    );
+    let consumer_line = text
+        .lines()
+        .find(|l| l.contains("consumer  testhost:0"))
+        .unwrap_or_else(|| panic!("no consumer line: {text}"));
+    assert!(consumer_line.contains("decode"), "{consumer_line}");
+    assert!(
+        consumer_line.contains("job held claimed 1."),
+        "{consumer_line}"
+    );
+    assert!(
+        text.contains("oldest      job held held by testhost:0, claimed 1."),
+        "{text}"
+    );
+}
+
+#[test]
+fn status_names_claims_left_by_a_dead_host() {
+    let redis = RedisServer::start();
+    let dirs = Dirs::new();
+    let mut conn = redis.conn();
+    redis::cmd("LPUSH")
+        .arg("image_jobs:processing:gone:0")
+        .arg(job_json("orphan", &dirs.input.join("o.jpg")))
+        .query::<()>(&mut conn)
+        .unwrap();
+    let status = run_with(&dirs, &["status", "--redis", &redis.url()]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("hosts       0 live"), "{text}");
+    assert!(
+        text.contains("stale       image_jobs:processing:gone:0 holds orphan"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_fails_when_the_output_root_or_the_backend_does_not_answer() {
+    let redis = RedisServer::start();
+    let dirs = Dirs::new();
+    let blocked = dirs.base.path().join("a-file");
+    fs::write(&blocked, b"not a directory").unwrap();
+    let output = worker_command(&dirs)
+        .args(["check", "--backend", "cpu", "--redis", &redis.url()])
+        .arg("--input-root")
+        .arg(&dirs.input)
+        .arg("--output-root")
+        .arg(&blocked)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  output"), "{stdout}");
+    assert!(stdout.contains("ok    redis"), "{stdout}");
+
+    let output = run_with(
+        &dirs,
+        &["check", "--backend", "cuda", "--redis", &redis.url()],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if stdout.contains("ok    backend") {
+        note("a CUDA device answered; the failing-backend case needs a host without one");
+        return;
+    }
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  backend"), "{stdout}");
+}

@@ -57,3 +57,83 @@ fn notify_socket_gets_ready_then_watchdog_keepalives_then_stopping() {
     let stopping = receive_for(&socket, Duration::from_millis(300));
     assert!(stopping.iter().any(|m| m == "STOPPING=1"), "{stopping:?}");
 }
+
+/// Runs the daemon with standard error in a file, one corrupt job, and `journal_stream` as
+/// `JOURNAL_STREAM` (`None`: the file's own device and inode, as systemd would set them).
+fn log_of_one_failed_job(journal_stream: Option<&str>) -> String {
+    use std::os::unix::fs::MetadataExt;
+
+    let redis = RedisServer::start();
+    let dirs = Dirs::new();
+    let log_path = dirs.base.path().join("stderr.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let meta = log_file.metadata().unwrap();
+    let own = format!("{}:{}", meta.dev(), meta.ino());
+    let mut conn = redis.conn();
+    let whole = jpeg(64, 64);
+    let cut = dirs.input_file("cut.jpg", &whole[..whole.len() / 2]);
+    push_job(&mut conn, &job_json("cut", &cut));
+
+    let mut child = worker_command(&dirs)
+        .args([
+            "run",
+            "--redis",
+            &redis.url(),
+            "--backend",
+            "cpu",
+            "--workers",
+            "1",
+        ])
+        .args(["--hostname", "journalhost", "--log-level", "debug"])
+        .args(["--metrics-addr", "off"])
+        .arg("--input-root")
+        .arg(&dirs.input)
+        .arg("--output-root")
+        .arg(&dirs.output)
+        .env("JOURNAL_STREAM", journal_stream.unwrap_or(&own))
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    wait_for_outcomes(&mut conn, 1, Duration::from_secs(20));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    std::fs::read_to_string(&log_path).unwrap()
+}
+
+#[test]
+fn under_journald_lines_carry_syslog_priorities_and_no_timestamp() {
+    let log = log_of_one_failed_job(None);
+    for line in log.lines() {
+        let priority = line.get(..3).unwrap_or("");
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"].contains(&priority),
+            "line without a priority prefix: {line:?}\n{log}"
+        );
+        assert!(
+            !line[3..].starts_with(|c: char| c.is_ascii_digit() || c == '['),
+            "line with its own timestamp or level: {line:?}"
+        );
+    }
+    assert!(
+        log.contains("\n<3>job=cut outcome=failed kind=corrupt"),
+        "{log}"
+    );
+    assert!(
+        log.contains("<6>ready: redis and the backend answer"),
+        "{log}"
+    );
+    assert!(log.contains("\n<7>"), "debug lines at priority 7: {log}");
+}
+
+#[test]
+fn journal_stream_of_another_stream_keeps_timestamps() {
+    let log = log_of_one_failed_job(Some("1:1"));
+    let first = log.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with(|c: char| c.is_ascii_digit()),
+        "an inherited JOURNAL_STREAM that is not our stderr changes nothing: {first:?}"
+    );
+    assert!(!log.contains("<3>"), "{log}");
+}

@@ -248,7 +248,9 @@ impl Backend for CudaBackend {
             // Whatever was queued before the failure finishes before the buffers are reused.
             let _ = gpu.sync();
         }
-        super::set_device_memory_used(self.device_memory_used());
+        if let Some(used) = self.device_memory_used() {
+            crate::metrics::global().set_device_memory_used(used);
+        }
         let gpu = self.gpu.as_mut().ok_or(BackendError::Stopped)?;
         match result {
             Ok(images) => Ok(images),

@@ -229,23 +229,6 @@ fn serve(
     log::debug!("backend thread: all workers are gone, stopping");
 }
 
-/// Device memory in use on the GPU (bytes), kept by the CUDA backend after each image for
-/// metrics; `u64::MAX` while no GPU backend runs.
-static DEVICE_MEMORY_USED: AtomicU64 = AtomicU64::new(u64::MAX);
-
-/// Device memory in use on the GPU the CUDA backend drives, if one does.
-pub fn device_memory_used() -> Option<u64> {
-    match DEVICE_MEMORY_USED.load(Ordering::Relaxed) {
-        u64::MAX => None,
-        used => Some(used),
-    }
-}
-
-#[cfg(feature = "cuda")]
-pub(crate) fn set_device_memory_used(used: Option<u64>) {
-    DEVICE_MEMORY_USED.store(used.unwrap_or(u64::MAX), Ordering::Relaxed);
-}
-
 /// Starts the backend thread for `choice`. `auto` uses CUDA when this build has it and a device
 /// answers, else the CPU with one warning that says why; `cuda` without a usable device is an
 /// error for the caller to refuse start-up with.

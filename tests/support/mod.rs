@@ -133,7 +133,8 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -237,6 +238,9 @@ impl Daemon {
                 "200",
             ])
             .args(["--log-level", "debug"])
+            // Any free port, so that daemons of concurrent tests never compete for one; a test
+            // that scrapes passes its own --metrics-addr, and the last flag wins.
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .args(extra)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
