@@ -309,24 +309,77 @@ fn absolute(path: &Path) -> Result<PathBuf, CommandError> {
         .map_err(|err| CommandError::Usage(format!("{}: {err}", path.display())))
 }
 
-/// One image through the same pipeline, without Redis; prints the done message.
-pub fn process(mut config: Config, file: &Path, out: &Path, id: Option<String>) -> CommandResult {
+/// Images through the same pipeline, without Redis; prints one done message per image.
+///
+/// `file` is one image, or a folder whose files named as images (see [`IMAGE_EXTENSIONS`]) are
+/// taken in name order with ids from their names. `repeat` runs that set so many times on one backend, so that a benchmark times
+/// the pipeline rather than start-up. The first failure stops the command.
+pub fn process(
+    mut config: Config,
+    file: &Path,
+    out: &Path,
+    id: Option<String>,
+    repeat: u32,
+) -> CommandResult {
     config.output_root = absolute(out)?;
     ensure_output_root(&config.output_root)?;
-    let input = absolute(file)?;
-    let id = id.unwrap_or_else(|| id_from_path(&input));
-    job::validate_id(&id).map_err(|err| CommandError::Usage(err.to_string()))?;
-    let raw = json!({"id": id, "input": input}).to_string();
-    let job = Job::parse(raw.as_bytes()).map_err(|err| CommandError::Usage(err.to_string()))?;
+    let jobs = process_jobs(&absolute(file)?, id)?;
 
     let (backend_thread, handle, _) = start_backend(&config)?;
     let pipeline = Pipeline::new(Arc::new(config), handle, None);
-    let result = pipeline.run_caught(&job, &mut |_| {});
+    let result = (0..repeat).try_for_each(|_| {
+        jobs.iter().try_for_each(|job| {
+            let report = pipeline.run_caught(job, &mut |_| {})?;
+            println!("{}", worker::done_message(job, &report, 1, "process"));
+            Ok(())
+        })
+    });
     drop(pipeline);
     backend_thread.join();
-    let report = result.map_err(|err| CommandError::Failed(format!("{} ({})", err, err.kind())))?;
-    println!("{}", worker::done_message(&job, &report, 1, "process"));
+    result
+        .map_err(|err: job::JobError| CommandError::Failed(format!("{} ({})", err, err.kind())))?;
     Ok(0)
+}
+
+/// File name extensions `process` takes from a folder. Formats are still recognised from the
+/// content; this only keeps notes and listings beside the images out of the run.
+pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff"];
+
+fn named_as_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// The jobs `process` runs: one for a file, one per image file of a folder.
+fn process_jobs(input: &Path, id: Option<String>) -> Result<Vec<Job>, CommandError> {
+    let usage = |err: String| CommandError::Usage(err);
+    let files = if input.is_dir() {
+        if id.is_some() {
+            return Err(usage(format!(
+                "--id names one image, but {} is a folder",
+                input.display()
+            )));
+        }
+        let mut files: Vec<PathBuf> = fs::read_dir(input)
+            .map_err(|err| usage(format!("{}: {err}", input.display())))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.is_file() && named_as_image(path))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![input.to_path_buf()]
+    };
+    files
+        .iter()
+        .map(|path| {
+            let id = id.clone().unwrap_or_else(|| id_from_path(path));
+            job::validate_id(&id).map_err(|err| usage(err.to_string()))?;
+            let raw = json!({"id": id, "input": path}).to_string();
+            Job::parse(raw.as_bytes()).map_err(|err| usage(err.to_string()))
+        })
+        .collect()
 }
 
 fn connect(config: &Config) -> Result<redis::Connection, CommandError> {
@@ -444,5 +497,24 @@ mod tests {
         assert_eq!(id_from_path(Path::new("/a/été.png")), "_t_");
         assert_eq!(id_from_path(Path::new("/a/.png")), "_png");
         assert!(job::validate_id(&id_from_path(Path::new(&"x".repeat(300)))).is_ok());
+    }
+
+    #[test]
+    fn process_takes_the_images_of_a_folder_in_name_order() {
+        let folder = tempfile::tempdir().unwrap();
+        for name in ["b.PNG", "a.jpg", "notes.md", "c.webp"] {
+            fs::write(folder.path().join(name), b"x").unwrap();
+        }
+        fs::create_dir(folder.path().join("d.jpg")).unwrap();
+        let jobs = process_jobs(folder.path(), None).unwrap();
+        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn process_refuses_one_id_for_a_folder() {
+        let folder = tempfile::tempdir().unwrap();
+        let err = process_jobs(folder.path(), Some("x".into())).unwrap_err();
+        assert!(matches!(err, CommandError::Usage(_)), "{err}");
     }
 }

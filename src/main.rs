@@ -32,7 +32,8 @@ struct Cli {
 enum Command {
     /// Run the daemon (the default)
     Run,
-    /// Make the renditions of one image without Redis and print the done message
+    /// Make the renditions of one image (or of each file of a folder) without Redis and print
+    /// one done message per image
     Process {
         file: PathBuf,
         /// Output root for this image
@@ -41,6 +42,9 @@ enum Command {
         /// Job id [default: from the file name]
         #[arg(long)]
         id: Option<String>,
+        /// Process the image (or folder) this many times, for benchmarks
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: u32,
     },
     /// Push one job per file (id from the file name)
     Enqueue {
@@ -133,7 +137,12 @@ fn main() -> ExitCode {
     image_worker::logging::init(config.log_level);
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => commands::run(config),
-        Command::Process { file, out, id } => commands::process(config, &file, &out, id),
+        Command::Process {
+            file,
+            out,
+            id,
+            repeat,
+        } => commands::process(config, &file, &out, id, repeat),
         Command::Enqueue { files } => commands::enqueue(config, &files),
         Command::Status => commands::status(config),
         Command::Check => commands::check(config),

@@ -1,10 +1,24 @@
 //! The CPU backend: SIMD resampling with fast_image_resize, the reference for the GPU.
 //!
-//! Thumb and lq are one Lanczos3 convolution from the source (the filter widens with the ratio,
-//! so large reductions are antialiased). The blur placeholder is an area (box) reduction followed
-//! by the Gaussian of [`crate::ops::gaussian_blur_rgba`]. With alpha, resampling is done on
-//! premultiplied colour (fast_image_resize multiplies and divides around the convolution) and the
-//! blur premultiplies explicitly, so transparent pixels do not darken their neighbours.
+//! # Filter chain
+//!
+//! Every rendition's size is [`ops::fit_within`] of the *source* size, whatever it is made from.
+//! Renditions are made largest box first, and each one is resampled from the smallest rendition
+//! already made (blurred ones excepted) whose width and height are both at least
+//! [`CASCADE_FACTOR`] times its own, or from the source when there is none. With the defaults
+//! and a large photograph this is a cascade:
+//!
+//! - lq: Lanczos3 from the source;
+//! - thumb: Lanczos3 from lq (a 1280 box is 4× the 320 one);
+//! - blur: area (box) reduction from thumb (5× larger), then the Gaussian of
+//!   [`crate::ops::gaussian_blur_rgba`].
+//!
+//! An image that fits the lq box is its own lq; below 640 px its thumb comes from the source. A
+//! Lanczos3 convolution widens with the ratio, so large reductions are antialiased; starting
+//! from an intermediate at least twice as large keeps the first filter's softening well below
+//! the second's. With alpha, resampling is done on premultiplied colour (fast_image_resize
+//! multiplies and divides around the convolution) and the blur premultiplies explicitly, so
+//! transparent pixels do not darken their neighbours.
 //!
 //! The resizer's internal buffers are kept between requests.
 
@@ -28,22 +42,22 @@ impl CpuBackend {
 
     fn resample(
         &mut self,
-        source: &SourceImage,
+        from: Pixels<'_>,
         width: u32,
         height: u32,
         filter: FilterType,
+        has_alpha: bool,
     ) -> Result<Vec<u8>, BackendError> {
-        if (width, height) == (source.width, source.height) {
-            return Ok(source.pixels.clone());
+        if (width, height) == (from.width, from.height) {
+            return Ok(from.pixels.to_vec());
         }
-        let src = ImageRef::new(source.width, source.height, &source.pixels, PixelType::U8x4)
-            .map_err(|err| {
-                BackendError::Job(format!("source buffer does not match its size: {err}"))
-            })?;
+        let src = ImageRef::new(from.width, from.height, from.pixels, PixelType::U8x4).map_err(
+            |err| BackendError::Job(format!("source buffer does not match its size: {err}")),
+        )?;
         let mut dst = Image::new(width, height, PixelType::U8x4);
         let options = ResizeOptions::new()
             .resize_alg(ResizeAlg::Convolution(filter))
-            .use_alpha(source.has_alpha);
+            .use_alpha(has_alpha);
         self.resizer
             .resize(&src, &mut dst, &options)
             .map_err(|err| {
@@ -51,6 +65,74 @@ impl CpuBackend {
             })?;
         Ok(dst.into_vec())
     }
+
+    /// Makes one rendition of `width`×`height` from `from`.
+    fn make(
+        &mut self,
+        from: Pixels<'_>,
+        spec: &RenditionSpec,
+        (width, height): (u32, u32),
+        has_alpha: bool,
+    ) -> Result<RenderedImage, BackendError> {
+        let pixels = if spec.rendition.is_blurred() {
+            let mut pixels = self.resample(from, width, height, FilterType::Box, has_alpha)?;
+            blur(&mut pixels, width, height, spec.sigma, has_alpha);
+            pixels
+        } else {
+            self.resample(from, width, height, FilterType::Lanczos3, has_alpha)?
+        };
+        Ok(RenderedImage {
+            spec: *spec,
+            width,
+            height,
+            pixels,
+        })
+    }
+}
+
+/// How much larger, in each side, a rendition must be to serve as the starting point of a
+/// smaller one (see the module documentation).
+pub const CASCADE_FACTOR: u32 = 2;
+
+/// RGBA8 pixels to resample from: the source or a rendition already made.
+#[derive(Clone, Copy)]
+struct Pixels<'a> {
+    width: u32,
+    height: u32,
+    pixels: &'a [u8],
+}
+
+/// One step of the filter chain: make `plan[index]` at `size` from `plan[base]`, or from the
+/// source when `base` is `None`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CascadeStep {
+    pub index: usize,
+    pub size: (u32, u32),
+    pub base: Option<usize>,
+}
+
+/// The filter chain for a source of `source` size, in the order the steps must run: largest
+/// box first (a stable sort keeps plan order among equal boxes), each rendition from the
+/// smallest unblurred one already made that is at least [`CASCADE_FACTOR`] times its size in
+/// each side, else from the source. Both backends follow it.
+pub fn cascade(source: (u32, u32), plan: &[RenditionSpec]) -> Vec<CascadeStep> {
+    let mut order: Vec<usize> = (0..plan.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(plan[i].size));
+    let mut steps: Vec<CascadeStep> = Vec::with_capacity(plan.len());
+    for index in order {
+        let spec = &plan[index];
+        let size = ops::fit_within(source.0, source.1, spec.size, spec.size);
+        let base = steps
+            .iter()
+            .filter(|made| !plan[made.index].rendition.is_blurred())
+            .filter(|made| {
+                made.size.0 >= size.0 * CASCADE_FACTOR && made.size.1 >= size.1 * CASCADE_FACTOR
+            })
+            .min_by_key(|made| u64::from(made.size.0) * u64::from(made.size.1))
+            .map(|made| made.index);
+        steps.push(CascadeStep { index, size, base });
+    }
+    steps
 }
 
 impl Default for CpuBackend {
@@ -76,25 +158,29 @@ impl Backend for CpuBackend {
         source: &SourceImage,
         plan: &[RenditionSpec],
     ) -> Result<Vec<RenderedImage>, BackendError> {
-        plan.iter()
-            .map(|spec| {
-                let (width, height) =
-                    ops::fit_within(source.width, source.height, spec.size, spec.size);
-                let pixels = if spec.rendition.is_blurred() {
-                    let mut pixels = self.resample(source, width, height, FilterType::Box)?;
-                    blur(&mut pixels, width, height, spec.sigma, source.has_alpha);
-                    pixels
-                } else {
-                    self.resample(source, width, height, FilterType::Lanczos3)?
-                };
-                Ok(RenderedImage {
-                    spec: *spec,
-                    width,
-                    height,
-                    pixels,
-                })
-            })
-            .collect()
+        let mut made: Vec<Option<RenderedImage>> = vec![None; plan.len()];
+        for step in cascade((source.width, source.height), plan) {
+            let from = match step.base {
+                Some(base) => {
+                    let base = made[base]
+                        .as_ref()
+                        .expect("a base is made before its users");
+                    Pixels {
+                        width: base.width,
+                        height: base.height,
+                        pixels: &base.pixels,
+                    }
+                }
+                None => Pixels {
+                    width: source.width,
+                    height: source.height,
+                    pixels: &source.pixels,
+                },
+            };
+            let spec = &plan[step.index];
+            made[step.index] = Some(self.make(from, spec, step.size, source.has_alpha)?);
+        }
+        Ok(made.into_iter().flatten().collect())
     }
 }
 
@@ -136,6 +222,68 @@ mod tests {
             pixels,
             has_alpha: false,
         }
+    }
+
+    fn photo_like(width: u32, height: u32) -> SourceImage {
+        let mut pixels = Vec::new();
+        for y in 0..height {
+            for x in 0..width {
+                let v = ((x * 7 + y * 13) % 256) as u8;
+                pixels.extend_from_slice(&[v, 255 - v, (x % 256) as u8, 255]);
+            }
+        }
+        SourceImage {
+            width,
+            height,
+            pixels,
+            has_alpha: false,
+        }
+    }
+
+    fn as_source(rendered: &RenderedImage) -> SourceImage {
+        SourceImage {
+            width: rendered.width,
+            height: rendered.height,
+            pixels: rendered.pixels.clone(),
+            has_alpha: false,
+        }
+    }
+
+    #[test]
+    fn thumb_and_blur_are_resampled_from_the_larger_renditions() {
+        let plan = [
+            spec(Rendition::Thumb, 40),
+            spec(Rendition::Blur, 8),
+            spec(Rendition::Lq, 160),
+        ];
+        let out = CpuBackend::new()
+            .render(&photo_like(640, 480), &plan)
+            .unwrap();
+        let (thumb, blur, lq) = (&out[0], &out[1], &out[2]);
+        assert_eq!((lq.width, thumb.width, blur.width), (160, 40, 8));
+
+        let from_lq = CpuBackend::new()
+            .render(&as_source(lq), &[spec(Rendition::Thumb, 40)])
+            .unwrap();
+        assert_eq!(thumb.pixels, from_lq[0].pixels, "thumb is made from lq");
+        let from_thumb = CpuBackend::new()
+            .render(&as_source(thumb), &[spec(Rendition::Blur, 8)])
+            .unwrap();
+        assert_eq!(blur.pixels, from_thumb[0].pixels, "blur is made from thumb");
+    }
+
+    #[test]
+    fn a_rendition_less_than_twice_as_large_is_not_a_starting_point() {
+        // lq is the 120×90 source itself; thumb at 80 is not half of it, so it comes from the
+        // source, exactly as when it is made alone.
+        let source = photo_like(120, 90);
+        let plan = [spec(Rendition::Thumb, 80), spec(Rendition::Lq, 100)];
+        let out = CpuBackend::new().render(&source, &plan).unwrap();
+        let alone = CpuBackend::new()
+            .render(&source, &[spec(Rendition::Thumb, 80)])
+            .unwrap();
+        assert_eq!(out[0].pixels, alone[0].pixels);
+        assert_eq!((out[1].width, out[1].height), (100, 75));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::ffi::{CStr, c_int, c_uint, c_void};
 use std::ptr;
 
 use super::coeffs::{Coefficients, Filter};
-use super::cpu::CpuBackend;
+use super::cpu::{CpuBackend, cascade};
 use super::driver::{
     self, CuContext, CuDevice, CuDevicePtr, CuFunction, CuModule, CuStream, CudaError, Driver,
     check,
@@ -121,6 +121,8 @@ struct Gpu {
     reduced: DeviceBuffer,
     /// Every rendition's pixels, one after the other.
     output: DeviceBuffer,
+    /// Premultiplied copies of the renditions others are resampled from (images with alpha).
+    rebase: DeviceBuffer,
     /// Weight tables: starts (i32) and weights (f32) of every pass, and the Gaussian taps.
     tables: DeviceBuffer,
     upload: PinnedBuffer,
@@ -408,6 +410,7 @@ impl Gpu {
                 scratch: DeviceBuffer::empty(),
                 reduced: DeviceBuffer::empty(),
                 output: DeviceBuffer::empty(),
+                rebase: DeviceBuffer::empty(),
                 tables: DeviceBuffer::empty(),
                 upload: PinnedBuffer::empty(),
                 download: PinnedBuffer::empty(),
@@ -423,6 +426,7 @@ impl Gpu {
             &mut self.scratch,
             &mut self.reduced,
             &mut self.output,
+            &mut self.rebase,
             &mut self.tables,
         ] {
             buffer.free(driver);
@@ -436,8 +440,8 @@ impl Gpu {
         source: &SourceImage,
         plan: &[RenditionSpec],
     ) -> Result<Vec<RenderedImage>, CudaError> {
-        let jobs = PlannedPass::plan(source, plan);
-        self.enqueue(source, &jobs, None)?;
+        let (jobs, order) = PlannedPass::plan(source, plan);
+        self.enqueue(source, &jobs, &order, None)?;
         self.sync()?;
         let mut offset = 0;
         Ok(jobs
@@ -467,17 +471,31 @@ impl Gpu {
     }
 
     /// Queues the whole job on the stream: one upload (source and weight tables), the passes
-    /// of every rendition, one download. With `timer`, an event marks the start of each step.
+    /// of every rendition in `order` (each from the source or from a larger rendition, as the
+    /// CPU backend's filter chain says), one download. With `timer`, an
+    /// event marks the start of each step.
     fn enqueue(
         &mut self,
         source: &SourceImage,
         jobs: &[PlannedPass],
+        order: &[usize],
         mut timer: Option<&mut Timer>,
     ) -> Result<(), CudaError> {
         let driver = self.driver;
         let source_bytes = source.pixels.len();
         let output_bytes: usize = jobs.iter().map(PlannedPass::output_bytes).sum();
         let tables = PackedTables::pack(jobs);
+        // With alpha, the premultiplied copies of renditions that others start from.
+        let mut rebase_bytes = 0u64;
+        let rebase_at: Vec<u64> = (0..jobs.len())
+            .map(|i| {
+                let at = rebase_bytes;
+                if source.has_alpha && jobs.iter().any(|other| other.base == Some(i)) {
+                    rebase_bytes += jobs[i].output_bytes().next_multiple_of(16) as u64;
+                }
+                at
+            })
+            .collect();
 
         self.source.reserve(driver, source_bytes)?;
         let scratch = jobs
@@ -493,6 +511,7 @@ impl Gpu {
             .unwrap_or(0);
         self.reduced.reserve(driver, reduced)?;
         self.output.reserve(driver, output_bytes)?;
+        self.rebase.reserve(driver, rebase_bytes as usize)?;
         self.tables.reserve(driver, tables.bytes.len())?;
         self.upload
             .reserve(driver, source_bytes + tables.bytes.len())?;
@@ -539,14 +558,21 @@ impl Gpu {
                     source.width * source.height,
                 )?;
             }
-            for ((job, &out), at) in jobs.iter().zip(&outputs).zip(&tables.at) {
+            for &i in order {
+                let (job, out, at) = (&jobs[i], outputs[i], &tables.at[i]);
                 let blurred = job.spec.rendition.is_blurred();
                 let resampled_into = if blurred { self.reduced.ptr } else { out };
+                let base = match job.base {
+                    None => self.source.ptr,
+                    Some(b) if source.has_alpha => self.rebase.ptr + rebase_at[b],
+                    Some(b) => outputs[b],
+                };
                 match at.passes {
                     Some((x, y)) => {
-                        let between = job.source.0 as usize * job.height as usize * 4;
-                        step(Step::ResampleCols, source_bytes + between)?;
-                        self.launch_cols(job, self.tables.ptr, y)?;
+                        let input = job.from.0 as usize * job.from.1 as usize * 4;
+                        let between = job.from.0 as usize * job.height as usize * 4;
+                        step(Step::ResampleCols, input + between)?;
+                        self.launch_cols(job, base, self.tables.ptr, y)?;
                         step(Step::ResampleRows, between + job.output_bytes())?;
                         self.launch_rows(job, self.tables.ptr, x, resampled_into)?;
                     }
@@ -579,8 +605,17 @@ impl Gpu {
                     )?;
                 }
                 if source.has_alpha {
+                    let pixels = job.width * job.height;
                     step(Step::Unpremultiply, 2 * job.output_bytes())?;
-                    self.launch_flat(self.kernels.unpremultiply, out, job.width * job.height)?;
+                    self.launch_flat(self.kernels.unpremultiply, out, pixels)?;
+                    // A rendition that smaller ones start from is premultiplied again from its
+                    // final bytes, as the CPU backend does when it resamples it.
+                    if jobs.iter().any(|other| other.base == Some(i)) {
+                        let copy = self.rebase.ptr + rebase_at[i];
+                        self.copy_device(copy, out, job.output_bytes())?;
+                        step(Step::Premultiply, 2 * job.output_bytes())?;
+                        self.launch_flat(self.kernels.premultiply, copy, pixels)?;
+                    }
                 }
             }
             step(Step::Download, output_bytes)?;
@@ -653,24 +688,22 @@ impl Gpu {
         }
     }
 
-    /// The vertical resampling pass, first: source → scratch (source width × output height).
+    /// The vertical resampling pass, first: `base` → scratch (input width × output height).
     ///
     /// # Safety
-    /// The source buffer holds this job's image and `tables` its weight tables.
+    /// `base` holds this job's input image (the source or a larger rendition, premultiplied)
+    /// and `tables` its weight tables.
     unsafe fn launch_cols(
         &self,
         job: &PlannedPass,
+        base: CuDevicePtr,
         tables: CuDevicePtr,
         y: TableAt,
     ) -> Result<(), CudaError> {
-        let (mut src, mut width, mut src_height) = (
-            self.source.ptr,
-            job.source.0 as c_int,
-            job.source.1 as c_int,
-        );
+        let (mut src, mut width, mut src_height) = (base, job.from.0 as c_int, job.from.1 as c_int);
         let (mut dst, mut dst_height) = (self.scratch.ptr, job.height as c_int);
         let (mut starts, mut weights, mut taps) = (tables + y.starts, tables + y.weights, y.taps);
-        let grid = (job.source.0.div_ceil(32), job.height.div_ceil(8));
+        let grid = (job.from.0.div_ceil(32), job.height.div_ceil(8));
         let mut args = [
             arg(&mut src),
             arg(&mut width),
@@ -697,7 +730,7 @@ impl Gpu {
         target: CuDevicePtr,
     ) -> Result<(), CudaError> {
         let (mut src, mut src_width, mut height) =
-            (self.scratch.ptr, job.source.0 as c_int, job.height as c_int);
+            (self.scratch.ptr, job.from.0 as c_int, job.height as c_int);
         let (mut dst, mut dst_width) = (target, job.width as c_int);
         let (mut starts, mut weights, mut taps) = (tables + x.starts, tables + x.weights, x.taps);
         let grid = (job.width.div_ceil(32), job.height.div_ceil(8));
@@ -791,12 +824,12 @@ impl Gpu {
         plan: &[RenditionSpec],
         rounds: u32,
     ) -> Result<Profile, CudaError> {
-        let jobs = PlannedPass::plan(source, plan);
+        let (jobs, order) = PlannedPass::plan(source, plan);
         let mut timer = Timer::new(self.driver)?;
         let mut totals = Profile::default();
         for _ in 0..rounds.max(1) {
             timer.clear();
-            self.enqueue(source, &jobs, Some(&mut timer))?;
+            self.enqueue(source, &jobs, &order, Some(&mut timer))?;
             self.sync()?;
             let share = 1.0 / rounds.max(1) as f64;
             for (step, ms, bytes) in timer.elapsed()? {
@@ -901,37 +934,60 @@ struct PlannedPass {
     spec: RenditionSpec,
     width: u32,
     height: u32,
-    source: (u32, u32),
+    /// The rendition (plan index) this one is resampled from, or `None` for the source.
+    base: Option<usize>,
+    /// The size of what it is resampled from.
+    from: (u32, u32),
     /// Horizontal and vertical weight tables; `None` when the size does not change.
     tables: Option<(Coefficients, Coefficients)>,
 }
 
 impl PlannedPass {
-    fn plan(source: &SourceImage, plan: &[RenditionSpec]) -> Vec<PlannedPass> {
-        plan.iter()
-            .map(|spec| {
-                let (width, height) =
-                    ops::fit_within(source.width, source.height, spec.size, spec.size);
-                let filter = if spec.rendition.is_blurred() {
-                    Filter::Box
-                } else {
-                    Filter::Lanczos3
-                };
-                let tables = ((width, height) != (source.width, source.height)).then(|| {
-                    (
-                        Coefficients::new(source.width, width, filter),
-                        Coefficients::new(source.height, height, filter),
-                    )
-                });
-                PlannedPass {
-                    spec: *spec,
-                    width,
-                    height,
-                    source: (source.width, source.height),
-                    tables,
-                }
-            })
-            .collect()
+    /// The passes of `plan` in plan order, and the order they must run in: the CPU backend's
+    /// filter chain ([`cascade`]), so that both backends resample the same images.
+    fn plan(source: &SourceImage, plan: &[RenditionSpec]) -> (Vec<PlannedPass>, Vec<usize>) {
+        let steps = cascade((source.width, source.height), plan);
+        let mut passes: Vec<Option<PlannedPass>> = plan.iter().map(|_| None).collect();
+        for step in &steps {
+            let spec = plan[step.index];
+            // A rendition of the source's own size is a copy of the source: start from the
+            // source instead.
+            let base = step
+                .base
+                .filter(|&b| passes[b].as_ref().is_some_and(|p| p.tables.is_some()));
+            let from = match base.and_then(|b| passes[b].as_ref()) {
+                Some(base) => (base.width, base.height),
+                None => (source.width, source.height),
+            };
+            let (width, height) = step.size;
+            let filter = if spec.rendition.is_blurred() {
+                Filter::Box
+            } else {
+                Filter::Lanczos3
+            };
+            let tables = ((width, height) != from).then(|| {
+                (
+                    Coefficients::new(from.0, width, filter),
+                    Coefficients::new(from.1, height, filter),
+                )
+            });
+            passes[step.index] = Some(PlannedPass {
+                spec,
+                width,
+                height,
+                base,
+                from,
+                tables,
+            });
+        }
+        let order = steps.iter().map(|step| step.index).collect();
+        (
+            passes
+                .into_iter()
+                .map(|p| p.expect("every rendition is planned"))
+                .collect(),
+            order,
+        )
     }
 
     fn pixels(&self) -> usize {
@@ -942,11 +998,11 @@ impl PlannedPass {
         self.pixels() * 4
     }
 
-    /// The intermediate: bytes of the resampling column pass (source width × output height),
+    /// The intermediate: bytes of the resampling column pass (input width × output height),
     /// float4 of the blur's row pass (output size).
     fn scratch_bytes(&self) -> usize {
         let resample = match self.tables {
-            Some(_) => self.source.0 as usize * self.height as usize * 4,
+            Some(_) => self.from.0 as usize * self.height as usize * 4,
             None => 0,
         };
         let blur = if self.spec.rendition.is_blurred() {
