@@ -9,7 +9,6 @@ use std::time::Instant;
 use image_worker::backend::Backend;
 use image_worker::backend::cuda::CudaBackend;
 use image_worker::decode::SourceImage;
-use image_worker::ops::{Rendition, RenditionSpec};
 
 fn photo_like(width: u32, height: u32, alpha: bool) -> SourceImage {
     let mut pixels = Vec::with_capacity(width as usize * height as usize * 4);
@@ -41,26 +40,7 @@ fn main() {
         }
     };
     let info = gpu.info().clone();
-    let plan = [
-        RenditionSpec {
-            rendition: Rendition::Thumb,
-            size: 320,
-            quality: 80.0,
-            sigma: 0.0,
-        },
-        RenditionSpec {
-            rendition: Rendition::Blur,
-            size: 64,
-            quality: 60.0,
-            sigma: 3.0,
-        },
-        RenditionSpec {
-            rendition: Rendition::Lq,
-            size: 1280,
-            quality: 30.0,
-            sigma: 0.0,
-        },
-    ];
+    let plan = image_worker::ops::default_plan();
     println!("# GPU kernel benchmark\n");
     println!("{}\n", gpu.describe());
     println!(

@@ -757,9 +757,7 @@ mod tests {
             }
         );
         assert_eq!(config.limits, DecodeLimits::default());
-        assert_eq!(config.rendition(Rendition::Thumb).size, 320);
-        assert_eq!(config.rendition(Rendition::Blur).sigma, 3.0);
-        assert_eq!(config.rendition(Rendition::Lq).quality, 30.0);
+        assert_eq!(config.renditions, crate::ops::default_plan());
     }
 
     #[test]

@@ -259,32 +259,29 @@ pub fn unpremultiply_rgba(pixels: &mut [u8]) {
     }
 }
 
+/// The design's three renditions with their default settings, in plan order; what a job
+/// without `ops` gets from a config that changes none of them.
+pub fn default_plan() -> Vec<RenditionSpec> {
+    let spec = |rendition, size, quality, sigma| RenditionSpec {
+        rendition,
+        size,
+        quality,
+        sigma,
+    };
+    vec![
+        spec(Rendition::Thumb, 320, 80.0, 0.0),
+        spec(Rendition::Blur, 64, 60.0, 3.0),
+        spec(Rendition::Lq, 1280, 30.0, 0.0),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     fn defaults() -> Vec<RenditionSpec> {
-        vec![
-            RenditionSpec {
-                rendition: Rendition::Thumb,
-                size: 320,
-                quality: 80.0,
-                sigma: 0.0,
-            },
-            RenditionSpec {
-                rendition: Rendition::Blur,
-                size: 64,
-                quality: 60.0,
-                sigma: 3.0,
-            },
-            RenditionSpec {
-                rendition: Rendition::Lq,
-                size: 1280,
-                quality: 30.0,
-                sigma: 0.0,
-            },
-        ]
+        default_plan()
     }
 
     #[test]

@@ -12,7 +12,7 @@ use image_worker::backend::Backend;
 use image_worker::backend::cpu::CpuBackend;
 use image_worker::backend::cuda::CudaBackend;
 use image_worker::decode::SourceImage;
-use image_worker::ops::{Rendition, RenditionSpec};
+use image_worker::ops::default_plan;
 use support::*;
 
 /// Whether the driver library loads on this host (libcuda1 or NVIDIA's driver installed).
@@ -140,20 +140,6 @@ fn test_image(width: u32, height: u32, alpha: bool, seed: u32) -> SourceImage {
         pixels,
         has_alpha: alpha,
     }
-}
-
-fn default_plan() -> Vec<RenditionSpec> {
-    let spec = |rendition, size, quality, sigma| RenditionSpec {
-        rendition,
-        size,
-        quality,
-        sigma,
-    };
-    vec![
-        spec(Rendition::Thumb, 320, 80.0, 0.0),
-        spec(Rendition::Blur, 64, 60.0, 3.0),
-        spec(Rendition::Lq, 1280, 30.0, 0.0),
-    ]
 }
 
 /// Colour as it is seen: premultiplied by alpha, so that the colour of nearly transparent

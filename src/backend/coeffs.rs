@@ -142,7 +142,7 @@ mod tests {
     use crate::backend::Backend;
     use crate::backend::cpu::CpuBackend;
     use crate::decode::SourceImage;
-    use crate::ops::{self, Rendition, RenditionSpec};
+    use crate::ops::{self, RenditionSpec};
 
     fn check_rows_sum_to_one(c: &Coefficients) {
         for row in c.weights.chunks(c.taps) {
@@ -350,26 +350,7 @@ mod tests {
     /// device's fused multiply-adds.
     #[test]
     fn tables_reproduce_the_cpu_backend_within_the_gpu_tolerance() {
-        let plan = [
-            RenditionSpec {
-                rendition: Rendition::Thumb,
-                size: 320,
-                quality: 80.0,
-                sigma: 0.0,
-            },
-            RenditionSpec {
-                rendition: Rendition::Blur,
-                size: 64,
-                quality: 60.0,
-                sigma: 3.0,
-            },
-            RenditionSpec {
-                rendition: Rendition::Lq,
-                size: 1280,
-                quality: 30.0,
-                sigma: 0.0,
-            },
-        ];
+        let plan = ops::default_plan();
         let mut cpu = CpuBackend::new();
         for (w, h) in [
             (1, 1),

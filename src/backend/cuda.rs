@@ -700,22 +700,15 @@ impl Gpu {
         tables: CuDevicePtr,
         y: TableAt,
     ) -> Result<(), CudaError> {
-        let (mut src, mut width, mut src_height) = (base, job.from.0 as c_int, job.from.1 as c_int);
-        let (mut dst, mut dst_height) = (self.scratch.ptr, job.height as c_int);
-        let (mut starts, mut weights, mut taps) = (tables + y.starts, tables + y.weights, y.taps);
-        let grid = (job.from.0.div_ceil(32), job.height.div_ceil(8));
-        let mut args = [
-            arg(&mut src),
-            arg(&mut width),
-            arg(&mut src_height),
-            arg(&mut dst),
-            arg(&mut dst_height),
-            arg(&mut starts),
-            arg(&mut weights),
-            arg(&mut taps),
-        ];
-        // SAFETY: the arguments match iw_resample_cols.
-        unsafe { self.launch(self.kernels.resample_cols, grid, (32, 8), &mut args) }
+        let pass = ResamplePass {
+            kernel: self.kernels.resample_cols,
+            src: base,
+            src_size: job.from,
+            dst: self.scratch.ptr,
+            dst_size: (job.from.0, job.height),
+        };
+        // SAFETY: as the caller promises; the scratch buffer was reserved for this job.
+        unsafe { self.launch_resample(pass, tables, y, job.height) }
     }
 
     /// The horizontal resampling pass: scratch → `target` (the rendition's size).
@@ -729,23 +722,50 @@ impl Gpu {
         x: TableAt,
         target: CuDevicePtr,
     ) -> Result<(), CudaError> {
-        let (mut src, mut src_width, mut height) =
-            (self.scratch.ptr, job.from.0 as c_int, job.height as c_int);
-        let (mut dst, mut dst_width) = (target, job.width as c_int);
-        let (mut starts, mut weights, mut taps) = (tables + x.starts, tables + x.weights, x.taps);
-        let grid = (job.width.div_ceil(32), job.height.div_ceil(8));
+        let pass = ResamplePass {
+            kernel: self.kernels.resample_rows,
+            src: self.scratch.ptr,
+            src_size: (job.from.0, job.height),
+            dst: target,
+            dst_size: (job.width, job.height),
+        };
+        // SAFETY: as the caller promises.
+        unsafe { self.launch_resample(pass, tables, x, job.width) }
+    }
+
+    /// Launches one of the resampling kernels, which share their parameters: the source, its
+    /// width and height, the destination, the destination's side along the filtered axis, and
+    /// the table. One thread per output pixel.
+    ///
+    /// # Safety
+    /// The pass's buffers hold its sizes; `table` lies inside `tables`.
+    unsafe fn launch_resample(
+        &self,
+        pass: ResamplePass,
+        tables: CuDevicePtr,
+        table: TableAt,
+        along: u32,
+    ) -> Result<(), CudaError> {
+        // Column pass: (src, width, src height, dst, dst height, …); row pass: (src, src width,
+        // height, dst, dst width, …): the source's width and height, then the filtered side.
+        let (mut src, mut width, mut height) =
+            (pass.src, pass.src_size.0 as c_int, pass.src_size.1 as c_int);
+        let (mut dst, mut along) = (pass.dst, along as c_int);
+        let (mut starts, mut weights, mut taps) =
+            (tables + table.starts, tables + table.weights, table.taps);
+        let grid = (pass.dst_size.0.div_ceil(32), pass.dst_size.1.div_ceil(8));
         let mut args = [
             arg(&mut src),
-            arg(&mut src_width),
+            arg(&mut width),
             arg(&mut height),
             arg(&mut dst),
-            arg(&mut dst_width),
+            arg(&mut along),
             arg(&mut starts),
             arg(&mut weights),
             arg(&mut taps),
         ];
-        // SAFETY: the arguments match iw_resample_rows.
-        unsafe { self.launch(self.kernels.resample_rows, grid, (32, 8), &mut args) }
+        // SAFETY: the arguments match both resampling kernels.
+        unsafe { self.launch(pass.kernel, grid, (32, 8), &mut args) }
     }
 
     /// One pass of the Gaussian: `iw_blur_rows` (tiles along x) or `iw_blur_cols` (along y).
@@ -857,6 +877,16 @@ impl Drop for Gpu {
 
 fn arg<T>(value: &mut T) -> *mut c_void {
     (value as *mut T).cast()
+}
+
+/// The buffers and sizes of one resampling launch.
+#[derive(Clone, Copy, Debug)]
+struct ResamplePass {
+    kernel: CuFunction,
+    src: CuDevicePtr,
+    src_size: (u32, u32),
+    dst: CuDevicePtr,
+    dst_size: (u32, u32),
 }
 
 /// Where one pass's table sits in the packed table buffer.
