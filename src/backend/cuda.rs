@@ -1084,21 +1084,25 @@ impl Kernels {
     }
 }
 
+/// The new size of a buffer of `current` bytes that must hold `needed`: at least half again
+/// as large, so that a run of slowly growing images does not reallocate every time, in whole
+/// 64 KiB.
+fn grown(current: usize, needed: usize) -> usize {
+    needed.max(current + current / 2).next_multiple_of(1 << 16)
+}
+
 impl DeviceBuffer {
     fn empty() -> DeviceBuffer {
         DeviceBuffer { ptr: 0, bytes: 0 }
     }
 
-    /// Grows the allocation to at least `bytes` (by half again, so that a run of slowly growing
-    /// images does not reallocate every time). The contents are not kept.
+    /// Grows the allocation to at least `bytes` (see [`grown`]). The contents are not kept.
     fn reserve(&mut self, driver: &Driver, bytes: usize) -> Result<(), CudaError> {
         if bytes <= self.bytes {
             return Ok(());
         }
+        let want = grown(self.bytes, bytes);
         self.free(driver);
-        let want = bytes
-            .max(self.bytes + self.bytes / 2)
-            .next_multiple_of(1 << 16);
         let mut ptr = 0;
         // SAFETY: out-pointer to a local; the context is current.
         check("cuMemAlloc_v2", unsafe {
@@ -1129,10 +1133,8 @@ impl PinnedBuffer {
         if bytes <= self.bytes {
             return Ok(());
         }
+        let want = grown(self.bytes, bytes);
         self.free(driver);
-        let want = bytes
-            .max(self.bytes + self.bytes / 2)
-            .next_multiple_of(1 << 16);
         let mut ptr = ptr::null_mut();
         // SAFETY: out-pointer to a local; the context is current.
         check("cuMemAllocHost_v2", unsafe {
@@ -1357,6 +1359,13 @@ mod tests {
             1,
             "PTX only for the lowest architecture: {entries:?}"
         );
+    }
+
+    #[test]
+    fn buffers_grow_by_half_again_in_whole_64_kib() {
+        assert_eq!(grown(0, 1), 1 << 16);
+        assert_eq!(grown(1 << 20, (1 << 20) + 1), 3 << 19);
+        assert_eq!(grown(1 << 20, 8 << 20), 8 << 20);
     }
 
     #[test]
