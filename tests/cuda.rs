@@ -30,18 +30,26 @@ fn expected_reason() -> &'static str {
     }
 }
 
-#[test]
-fn backend_cuda_without_a_device_exits_2_with_the_drivers_reason() {
-    let dirs = Dirs::new();
-    let output = worker_command(&dirs)
-        .args(["run", "--backend", "cuda", "--redis", "redis://127.0.0.1:1"])
+/// Runs the worker with `args`, the test's roots and every CUDA device hidden.
+fn run_without_devices(dirs: &Dirs, args: &[&str]) -> std::process::Output {
+    worker_command(dirs)
+        .args(args)
         .arg("--input-root")
         .arg(&dirs.input)
         .arg("--output-root")
         .arg(&dirs.output)
         .env("CUDA_VISIBLE_DEVICES", "")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn backend_cuda_without_a_device_exits_2_with_the_drivers_reason() {
+    let dirs = Dirs::new();
+    let output = run_without_devices(
+        &dirs,
+        &["run", "--backend", "cuda", "--redis", "redis://127.0.0.1:1"],
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(expected_reason()), "{stderr}");
@@ -82,15 +90,10 @@ fn backend_auto_without_a_device_warns_once_and_uses_the_cpu() {
 fn check_reports_the_cpu_fallback_of_auto() {
     let redis = RedisServer::start();
     let dirs = Dirs::new();
-    let output = worker_command(&dirs)
-        .args(["check", "--backend", "auto", "--redis", &redis.url()])
-        .arg("--input-root")
-        .arg(&dirs.input)
-        .arg("--output-root")
-        .arg(&dirs.output)
-        .env("CUDA_VISIBLE_DEVICES", "")
-        .output()
-        .unwrap();
+    let output = run_without_devices(
+        &dirs,
+        &["check", "--backend", "auto", "--redis", &redis.url()],
+    );
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
