@@ -6,6 +6,8 @@ machine hits all of them alike; figures are medians over the runs.
 
 Contenders:
 - `ours`: `image-worker process DIR --repeat N` (start-up is outside the per-image times);
+- `ours SETTING=VALUE...`: the same with settings changed (`--variant`), one core only, for
+  the curve of speed against bytes and SSIM;
 - `daemon-1w`, `daemon-2w`: the daemon through a private redis-server, with 1 and 2 workers;
 - `pillow-simd`, `pillow`, `vips`, `magick`: bench/peers.py under each peer's Python.
 
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
@@ -88,13 +91,18 @@ def timed(command, env=None):
 
 
 class Contender:
-    def __init__(self, name, args, work):
+    def __init__(self, name, args, work, settings=()):
         self.name, self.args, self.work = name, args, work
+        # (key, value) settings of an `ours` variant, passed as flags.
+        self.settings = list(settings)
+        self.ours = name == "ours" or name.startswith("ours ")
 
     def command(self, out_dir, repeat):
-        if self.name == "ours":
+        if self.ours:
+            flags = [arg for key, value in self.settings
+                     for arg in (f"--{key.replace('_', '-')}", value)]
             return [self.args.binary, "process", self.args.corpus, "--out", out_dir,
-                    "--repeat", str(repeat), "--backend", "cpu", "--log-level", "warn"]
+                    "--repeat", str(repeat), "--backend", "cpu", "--log-level", "warn"] + flags
         python = {"pillow-simd": self.args.simd_python, "pillow": self.args.pillow_python,
                   "vips": self.args.pillow_python, "magick": self.args.pillow_python}[self.name]
         peer = {"pillow-simd": "pillow", "pillow": "pillow"}.get(self.name, self.name)
@@ -106,7 +114,7 @@ class Contender:
         times = []
         for line in out.splitlines():
             record = json.loads(line)
-            if self.name == "ours":
+            if self.ours:
                 times.append((record["id"], record["timing_ms"]["total"]))
             elif "id" in record:
                 times.append((record["id"], record["ms"]))
@@ -175,12 +183,6 @@ class Redis:
         raise RuntimeError(f"unexpected redis reply {line!r}")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_redis(work):
     port = free_port()
     directory = tempfile.mkdtemp(dir=work, prefix="redis-")
@@ -202,11 +204,12 @@ def run_daemon(args, work, manifest_data, workers, repeat):
     server, port, redis = start_redis(work)
     out_dir = os.path.join(work, f"daemon-{workers}w")
     host = f"bench-{workers}w"
+    metrics_port = free_port()
     daemon = subprocess.Popen(
         ["taskset", "-c", ",".join(str(c) for c in range(workers)), args.binary, "run",
          "--redis", f"redis://127.0.0.1:{port}", "--workers", str(workers), "--backend", "cpu",
          "--input-root", args.corpus, "--output-root", out_dir, "--hostname", host,
-         "--log-level", "warn"])
+         "--metrics-addr", f"127.0.0.1:{metrics_port}", "--log-level", "warn"])
     try:
         wait_until(lambda: redis.call("EXISTS", f"image_worker:alive:{host}") == 1, 20)
         jobs = [entry for _ in range(repeat) for entry in manifest_data["images"]]
@@ -222,6 +225,7 @@ def run_daemon(args, work, manifest_data, workers, repeat):
             raise SystemExit(f"bench: the daemon failed {failed} jobs: "
                              f"{redis.call('LRANGE', 'image_failed', 0, 0)}")
         done = [json.loads(raw) for raw in redis.call("LRANGE", "image_done", 0, -1)]
+        calls = redis_call_seconds(metrics_port)
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, _, usage = os.wait4(daemon.pid, 0)
@@ -234,7 +238,30 @@ def run_daemon(args, work, manifest_data, workers, repeat):
             "queue_wait_ms": statistics.median(d["timing_ms"]["queue_wait"] for d in done),
             # With one worker, jobs run one after another: what is not pipeline is Redis.
             "overhead_ms": (wall * workers - pipeline_s) * 1e3 / len(done),
+            # The worker's own timing of its per-job Redis calls, from /metrics.
+            "redis_ms": sum(calls.values()) * 1e3 / len(done),
+            "calls_ms": {call: s * 1e3 / len(done) for call, s in calls.items()},
             "rss_mib": usage.ru_maxrss / 1024, "done": done}
+
+
+def redis_call_seconds(port):
+    """Seconds spent in each per-job Redis call, from the daemon's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    sums = {}
+    for line in text.splitlines():
+        if line.startswith("image_worker_redis_call_seconds_sum{"):
+            labels, value = line.split(" ")
+            sums[labels.split('call="')[1].split('"')[0]] = float(value)
+    if not sums:
+        raise SystemExit("bench: the daemon's /metrics has no Redis call times")
+    return sums
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_until(predicate, seconds):
@@ -379,12 +406,16 @@ def class_medians(times, manifest_data):
 def run_all(args, work, manifest_data):
     names = ["ours"] + [p for p in PEERS if p in args.peers]
     contenders = [Contender(n, args, work) for n in names]
+    variants = [Contender("ours " + " ".join(f"{k}={v}" for k, v in settings), args, work,
+                          settings) for settings in args.variants]
+    names += [v.name for v in variants]
     one, every, daemons = {n: [] for n in names}, {n: [] for n in names}, {1: [], 2: []}
+    one.update({v.name: [] for v in variants})
     for run in range(args.runs):
         # Rotate the order so that no contender always runs right after the same neighbour.
         order = contenders[run % len(contenders):] + contenders[:run % len(contenders)]
-        for contender in order:
-            out_dir = os.path.join(work, f"one-{contender.name}")
+        for contender in order + variants:
+            out_dir = os.path.join(work, f"one-{contender.name.replace(' ', '_')}")
             one[contender.name].append(run_one_core(contender, out_dir, args.repeat))
             log(f"run {run + 1}/{args.runs} {contender.name} one core: "
                 f"{one[contender.name][-1]['img_s']:.2f} img/s")
@@ -403,19 +434,20 @@ def summarise(args, work, manifest_data, names, one, every):
     refs = references(manifest_data)
     rows = {}
     for name in names:
-        out_dir = os.path.join(work, f"one-{name}")
+        out_dir = os.path.join(work, f"one-{name.replace(' ', '_')}")
         times = [t for run in one[name] for t in run["times"]]
         rows[name] = {
             "one": median([r["img_s"] for r in one[name]]),
             "one_range": (min(r["img_s"] for r in one[name]), max(r["img_s"] for r in one[name])),
-            "all": median([r["img_s"] for r in every[name]]),
+            # Variants run on one core only.
+            "all": median([r["img_s"] for r in every.get(name, [])]),
             "cpu_ms": median([r["cpu_ms"] for r in one[name]]),
             "rss": max(r["rss_mib"] for r in one[name]),
             "classes": class_medians(times, manifest_data),
             "bytes": check_outputs(name, out_dir, manifest_data),
             "ssim": quality(out_dir, manifest_data, refs),
         }
-        for core in range(args.cores):
+        for core in range(args.cores if name in every else 0):
             check_outputs(name, os.path.join(work, f"all-{name}-{core}"), manifest_data)
     return rows
 
@@ -449,15 +481,33 @@ def table(args, manifest_data, rows, daemons):
             f"| {row['rss']:.0f} |")
     if args.daemon:
         lines += ["", "| daemon through Redis | img/s | ÷ process 1 core | median queue wait ms "
-                  "| Redis overhead ms/job | peak RSS MiB |", "|---|---|---|---|---|---|"]
+                  "| Redis calls ms/job (claim / recovery / settle) | wall − pipeline ms/job "
+                  "| peak RSS MiB |", "|---|---|---|---|---|---|---|"]
         for workers, runs in daemons.items():
             img_s = median([r["img_s"] for r in runs])
+            calls = " / ".join(f"{median([r['calls_ms'].get(c, 0.0) for r in runs]):.3f}"
+                               for c in ("claim", "recovery", "settle"))
             lines.append(
                 f"| {workers} worker{'s' if workers > 1 else ''} | {img_s:.2f} "
                 f"| {img_s / ours['one']:.2f} "
                 f"| {median([r['queue_wait_ms'] for r in runs]):.0f} "
+                f"| {median([r['redis_ms'] for r in runs]):.3f} ({calls}) "
                 f"| {median([r['overhead_ms'] for r in runs]) if workers == 1 else float('nan'):.2f} "
                 f"| {max(r['rss_mib'] for r in runs):.0f} |")
+    peer = "pillow-simd"
+    if peer in rows:
+        lines += ["", f"Against {peer}, ours and each variant (the curve of speed against bytes "
+                  "and quality):", "",
+                  f"| ours | img/s ÷ {peer} | CPU ms ÷ {peer} (lower is better) | bytes vs {peer} "
+                  f"| SSIM Δ thumb / blur / lq vs {peer} |", "|---|---|---|---|---|"]
+        base = rows[peer]
+        for name, row in rows.items():
+            if not name.startswith("ours"):
+                continue
+            delta = " / ".join(f"{row['ssim'][r] - base['ssim'][r]:+.4f}" for r in RENDITIONS)
+            lines.append(
+                f"| {name} | {row['one'] / base['one']:.2f}× | {row['cpu_ms'] / base['cpu_ms']:.2f} "
+                f"| {sum(row['bytes'].values()) / sum(base['bytes'].values()) - 1:+.1%} | {delta} |")
     largest = max(e["width"] * e["height"] for e in manifest_data["images"]) * 4 / 2 ** 20
     lines += ["", f"Largest decoded image (RGBA8): {largest:.0f} MiB; 3× that: "
               f"{3 * largest:.0f} MiB. CPU ms is user + system time of the one-core process "
@@ -487,11 +537,15 @@ def parse_args():
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--no-daemon", dest="daemon", action="store_false")
+    parser.add_argument("--variant", dest="variants", action="append", default=[],
+                        help="ours with settings changed: KEY=VALUE[,KEY=VALUE...]")
     parser.add_argument("--output", required=True)
     parser.add_argument("--work", default=None, help="keep the outputs here")
     args = parser.parse_args()
     args.corpus = os.path.realpath(args.corpus)
     args.peers = args.peers.split(",")
+    args.variants = [[tuple(pair.split("=", 1)) for pair in variant.split(",")]
+                     for variant in args.variants]
     return args
 
 

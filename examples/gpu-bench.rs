@@ -19,12 +19,7 @@ fn photo_like(width: u32, height: u32, alpha: bool) -> SourceImage {
             pixels.extend_from_slice(&[v, (x % 251) as u8, (y % 241) as u8, a]);
         }
     }
-    SourceImage {
-        width,
-        height,
-        pixels,
-        has_alpha: alpha,
-    }
+    SourceImage::new(width, height, pixels, alpha)
 }
 
 fn main() {

@@ -170,6 +170,11 @@ pub const SETTINGS: &[Setting] = &[
     ),
     one("thumb_size", "PX", "thumbnail box side [default: 320]"),
     one("thumb_quality", "Q", "thumbnail WebP quality [default: 80]"),
+    one(
+        "thumb_method",
+        "M",
+        "thumbnail libwebp method, 0 (fastest) to 6 (smallest) [default: 4]",
+    ),
     one("blur_size", "PX", "placeholder box side [default: 64]"),
     one(
         "blur_sigma",
@@ -181,8 +186,18 @@ pub const SETTINGS: &[Setting] = &[
         "Q",
         "placeholder WebP quality [default: 60]",
     ),
+    one(
+        "blur_method",
+        "M",
+        "placeholder libwebp method, 0 to 6 [default: 4]",
+    ),
     one("lq_size", "PX", "preview box side [default: 1280]"),
     one("lq_quality", "Q", "preview WebP quality [default: 30]"),
+    one(
+        "lq_method",
+        "M",
+        "preview libwebp method, 0 (fastest) to 6 (smallest) [default: 3]",
+    ),
 ];
 
 fn setting(key: &str) -> Option<&'static Setting> {
@@ -480,9 +495,9 @@ impl Config {
                 max_ms: r.one("retry_max_ms", "300000", |v| parse_int(v, 1, 86_400_000))?,
             },
             renditions: vec![
-                r.rendition(Rendition::Thumb, "320", "80", None)?,
-                r.rendition(Rendition::Blur, "64", "60", Some("3"))?,
-                r.rendition(Rendition::Lq, "1280", "30", None)?,
+                r.rendition(Rendition::Thumb, "320", "80", "4", None)?,
+                r.rendition(Rendition::Blur, "64", "60", "4", Some("3"))?,
+                r.rendition(Rendition::Lq, "1280", "30", "3", None)?,
             ],
         };
         config.check_relations(raw)?;
@@ -558,6 +573,7 @@ impl Resolver<'_> {
         rendition: Rendition,
         size: &str,
         quality: &str,
+        method: &str,
         sigma: Option<&str>,
     ) -> Result<RenditionSpec, ConfigError> {
         let name = rendition.name();
@@ -573,6 +589,7 @@ impl Resolver<'_> {
             size: self.one(key("size"), size, |v| parse_int(v, 1, bounds.max_size))?,
             quality: self.one(key("quality"), quality, |v| parse_float(v, 0.0, 100.0))?,
             sigma: 0.0,
+            method: self.one(key("method"), method, |v| parse_int(v, 0, 6))?,
         };
         if let Some(sigma) = sigma {
             spec.sigma = self.one(key("sigma"), sigma, |v| {
@@ -818,6 +835,23 @@ mod tests {
         .unwrap();
         let message = resolve(&raw).unwrap_err().to_string();
         assert!(message.contains("/etc/w.toml line 3"), "{message}");
+    }
+
+    #[test]
+    fn webp_method_is_read_per_rendition_within_libwebps_range() {
+        let mut raw = RawSettings::default();
+        raw.read_file(Path::new("/w.toml"), "lq_method = 2\nthumb_method = 6\n")
+            .unwrap();
+        let config = resolve(&raw).unwrap();
+        assert_eq!(config.rendition(Rendition::Lq).method, 2);
+        assert_eq!(config.rendition(Rendition::Thumb).method, 6);
+        assert_eq!(config.rendition(Rendition::Blur).method, 4);
+
+        let mut raw = RawSettings::default();
+        raw.read_file(Path::new("/w.toml"), "lq_method = 7\n")
+            .unwrap();
+        let message = resolve(&raw).unwrap_err().to_string();
+        assert!(message.contains("lq_method"), "{message}");
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! - Limits are checked from the header before any pixel is decoded: for PNG, GIF and WebP the
 //!   declared dimensions are read from the raw bytes before a decoder is even built, for JPEG,
 //!   BMP and TIFF from the decoder's header pass. They are enforced again during decoding: each
-//!   decoder gets [`DecodeLimits::max_decode_bytes`] as its allocation budget, so a header that
-//!   lies is caught when the decoder allocates.
+//!   Rust decoder gets [`DecodeLimits::max_decode_bytes`] as its allocation budget, so a header
+//!   that lies is caught when the decoder allocates. libjpeg allocates only from the frame
+//!   header's size, which was checked, and is held to 500 scans for a progressive file.
 //! - ICC profiles and EXIF blocks above [`DecodeLimits::max_metadata_bytes`] are refused. A PNG
 //!   `iCCP` chunk is inflated here, bounded by that limit, before the PNG decoder sees it, so a
 //!   profile that inflates to gigabytes is refused after inflating at most the limit. PNG text
@@ -22,10 +23,10 @@
 //! Each refusal names the limit and the value that broke it. EXIF orientation is applied and
 //! colour is converted to sRGB (see [`crate::color`]).
 //!
-//! JPEG goes through zune-jpeg directly, because CMYK files need their raw ink values for the
-//! ICC conversion, and GIF through the gif crate directly, because the image crate's GIF decoder
-//! keeps the gif crate's own 50 MB frame limit instead of our budget. The other formats go
-//! through the `image` crate's decoders.
+//! JPEG is decoded by libjpeg-turbo, which can scale while decoding, with raw ink values for
+//! CMYK files so that their ICC conversion is ours (see [`jpeg`]); GIF goes through the gif
+//! crate directly, because the image crate's GIF decoder keeps the gif crate's own 50 MB frame
+//! limit instead of our budget. The other formats go through the `image` crate's decoders.
 //!
 //! # Limitations
 //!
@@ -40,14 +41,11 @@ use std::panic::{self, AssertUnwindSafe};
 
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, RgbaImage};
-use zune_jpeg::JpegDecoder;
-use zune_jpeg::errors::DecodeErrors;
-use zune_jpeg::zune_core::bytestream::ZCursor;
-use zune_jpeg::zune_core::colorspace::ColorSpace;
-use zune_jpeg::zune_core::options::DecoderOptions;
 
 use crate::color;
 use crate::config::DecodeLimits;
+
+mod jpeg;
 
 /// A decoded image, upright and in sRGB.
 #[derive(Clone, Debug)]
@@ -58,6 +56,29 @@ pub struct SourceImage {
     pub pixels: Vec<u8>,
     /// Whether any pixel may be transparent (the file has an alpha channel).
     pub has_alpha: bool,
+    /// The image's own size, which renditions are planned from. Larger than `width` ×
+    /// `height` when the decoder scaled while decoding (JPEG shrink-on-load).
+    pub full_width: u32,
+    pub full_height: u32,
+}
+
+impl SourceImage {
+    /// An image decoded at its own size.
+    pub fn new(width: u32, height: u32, pixels: Vec<u8>, has_alpha: bool) -> SourceImage {
+        SourceImage {
+            width,
+            height,
+            pixels,
+            has_alpha,
+            full_width: width,
+            full_height: height,
+        }
+    }
+
+    /// The image's own size, which renditions are planned from.
+    pub fn full_size(&self) -> (u32, u32) {
+        (self.full_width, self.full_height)
+    }
 }
 
 /// What the done message reports about the input.
@@ -86,17 +107,30 @@ pub enum DecodeError {
     TooLarge(String),
 }
 
-/// Decodes `bytes` within `limits`.
+/// Decodes `bytes` within `limits`, at full size.
 pub fn decode(
     bytes: &[u8],
     limits: &DecodeLimits,
+) -> Result<(SourceImage, SourceInfo), DecodeError> {
+    decode_at_least(bytes, limits, &|width, height| (width, height))
+}
+
+/// Decodes `bytes` within `limits`, possibly at a reduced size that is still at least
+/// `need(width, height)` on both sides, where `width` × `height` is the image's upright size
+/// and the answer is upright too. Only JPEG scales while decoding; every other format comes
+/// out at full size. [`SourceInfo`] and [`SourceImage::full_size`] give the full size either
+/// way.
+pub fn decode_at_least(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    need: &dyn Fn(u32, u32) -> (u32, u32),
 ) -> Result<(SourceImage, SourceInfo), DecodeError> {
     let format = recognise(bytes)?;
     check_header(bytes, format, limits)?;
 
     let name = format_name(format);
     let (image, orientation) = guarded(name, || match format {
-        ImageFormat::Jpeg => decode_jpeg(bytes, limits),
+        ImageFormat::Jpeg => jpeg::decode_jpeg(bytes, limits, need),
         ImageFormat::Gif => decode_gif(bytes, limits),
         _ => decode_with_image(bytes, format, limits),
     })?;
@@ -104,8 +138,8 @@ pub fn decode(
     let image = orient(image, orientation);
     let info = SourceInfo {
         format: name,
-        width: image.width,
-        height: image.height,
+        width: image.full_width,
+        height: image.full_height,
         orientation: orientation.to_exif(),
     };
     Ok((image, info))
@@ -444,193 +478,6 @@ fn corrupt(format: &'static str, detail: impl ToString) -> DecodeError {
     }
 }
 
-// ---- JPEG ----
-
-fn decode_jpeg(
-    bytes: &[u8],
-    limits: &DecodeLimits,
-) -> Result<(SourceImage, Orientation), DecodeError> {
-    let jpeg_corrupt = |err: DecodeErrors| corrupt("jpeg", err);
-    // JPEG's own maximum; our tighter side limit is checked below with a clearer message.
-    let options = DecoderOptions::default()
-        .set_max_width(65_535)
-        .set_max_height(65_535);
-
-    let mut header = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    header.decode_headers().map_err(jpeg_corrupt)?;
-    let info = header.info().expect("headers were decoded");
-    let (width, height) = (info.width as u32, info.height as u32);
-    // Output RGBA or CMYK plus the decoder's component planes.
-    check_dimensions(width, height, 8, limits)?;
-    let icc = header.icc_profile();
-    check_metadata(
-        "jpeg",
-        "icc profile",
-        icc.as_ref().map_or(0, Vec::len),
-        limits,
-    )?;
-    let exif = header.exif();
-    check_metadata("jpeg", "exif block", exif.map_or(0, Vec::len), limits)?;
-    let orientation = exif
-        .and_then(|exif| Orientation::from_exif_chunk(exif))
-        .unwrap_or(Orientation::NoTransforms);
-    let input_space = header.input_colorspace();
-    let cmyk = matches!(input_space, Some(ColorSpace::CMYK | ColorSpace::YCCK));
-
-    // Four-component files are taken raw (the decoder copies them unconverted) and turned into
-    // ink amounts here; everything else comes out as RGBA.
-    let out = match input_space {
-        Some(ColorSpace::YCCK) => ColorSpace::YCCK,
-        Some(ColorSpace::CMYK) => ColorSpace::CMYK,
-        _ => ColorSpace::RGBA,
-    };
-    // zune-jpeg fills whatever a truncated file lacks with grey and reports success; its strict
-    // mode misses a cut inside the last row of blocks and refuses oddities browsers show.
-    if jpeg_scan_end(bytes) == ScanEnd::EndOfFile {
-        return Err(corrupt(
-            "jpeg",
-            "truncated: the file ends inside its scan data, before the end-of-image marker",
-        ));
-    }
-    let mut decoder =
-        JpegDecoder::new_with_options(ZCursor::new(bytes), options.jpeg_set_out_colorspace(out));
-    let samples = decoder.decode().map_err(jpeg_corrupt)?;
-    let expected = width as usize * height as usize * 4;
-    if samples.len() != expected {
-        return Err(corrupt(
-            "jpeg",
-            format!(
-                "decoder returned {} bytes for {width}×{height}",
-                samples.len()
-            ),
-        ));
-    }
-
-    let pixels = if cmyk {
-        let mut inks = samples;
-        if out == ColorSpace::YCCK {
-            ycck_to_inks(&mut inks);
-        } else if has_adobe_marker(bytes) {
-            // Adobe's writers store CMYK inverted (255 = no ink).
-            inks.iter_mut().for_each(|v| *v = 255 - *v);
-        }
-        color::cmyk_to_srgb_rgba(&inks, icc.as_deref())
-    } else {
-        let mut pixels = samples;
-        if let Some(icc) = &icc {
-            color::rgba_to_srgb(&mut pixels, icc);
-        }
-        pixels
-    };
-    Ok((
-        SourceImage {
-            width,
-            height,
-            pixels,
-            has_alpha: false,
-        },
-        orientation,
-    ))
-}
-
-/// How a JPEG's scan data ends, as far as its bytes tell.
-#[derive(Debug, PartialEq)]
-enum ScanEnd {
-    EndMarker,
-    EndOfFile,
-    /// The walk found no start of scan; the decoder judges such files.
-    Unknown,
-}
-
-/// Follows the file from its first scan to the end-of-image marker. In scan data a 0xFF byte is
-/// followed by a stuffed zero, fill, a restart marker or a marker whose segment (tables, the
-/// next scan of a progressive file) is skipped by its length, so an end marker inside an EXIF
-/// thumbnail or a table is never taken for the image's own.
-fn jpeg_scan_end(bytes: &[u8]) -> ScanEnd {
-    let Some(mut at) = jpeg_first_scan(bytes) else {
-        return ScanEnd::Unknown;
-    };
-    loop {
-        let Some(marker_at) = jpeg_next_marker(bytes, at) else {
-            return ScanEnd::EndOfFile;
-        };
-        match bytes[marker_at + 1] {
-            0xD9 => return ScanEnd::EndMarker,
-            0xD0..=0xD7 => at = marker_at + 2,
-            _ => match be_u16(bytes, marker_at + 2) {
-                Some(length) => at = marker_at + 2 + usize::from(length),
-                None => return ScanEnd::EndOfFile,
-            },
-        }
-    }
-}
-
-/// The offset just past the first start-of-scan segment header, walking the header segments by
-/// their lengths and skipping stray bytes between them as decoders do.
-fn jpeg_first_scan(bytes: &[u8]) -> Option<usize> {
-    let mut at = 2; // after SOI
-    loop {
-        let marker_at = jpeg_next_marker(bytes, at)?;
-        let marker = bytes[marker_at + 1];
-        match marker {
-            0xD9 => return None,
-            // Markers without a segment.
-            0x01 | 0xD0..=0xD8 => at = marker_at + 2,
-            _ => {
-                at = marker_at + 2 + usize::from(be_u16(bytes, marker_at + 2)?);
-                if marker == 0xDA {
-                    return Some(at);
-                }
-            }
-        }
-    }
-}
-
-/// The next 0xFF at or after `at` that starts a marker: not fill (0xFF 0xFF) and not a stuffed
-/// data byte (0xFF 0x00).
-fn jpeg_next_marker(bytes: &[u8], mut at: usize) -> Option<usize> {
-    loop {
-        let found = at + bytes.get(at..)?.iter().position(|&b| b == 0xFF)?;
-        match bytes.get(found + 1)? {
-            0x00 | 0xFF => at = found + 1,
-            _ => return Some(found),
-        }
-    }
-}
-
-/// Turns raw YCCK samples into CMYK ink amounts, in place.
-///
-/// Adobe's YCCK is the JFIF YCbCr transform applied to the inverted C, M and Y, with K stored
-/// inverted beside them. Undoing the YCbCr transform therefore gives the inks of C, M and Y
-/// directly, and K is inverted back.
-fn ycck_to_inks(samples: &mut [u8]) {
-    for p in samples.chunks_exact_mut(4) {
-        let (y, cb, cr) = (p[0] as f32, p[1] as f32 - 128.0, p[2] as f32 - 128.0);
-        let clamp = |v: f32| (v + 0.5).clamp(0.0, 255.0) as u8;
-        p[0] = clamp(y + 1.402 * cr);
-        p[1] = clamp(y - 0.344_136 * cb - 0.714_136 * cr);
-        p[2] = clamp(y + 1.772 * cb);
-        p[3] = 255 - p[3];
-    }
-}
-
-/// Whether the JPEG has an Adobe APP14 segment before its first scan.
-fn has_adobe_marker(bytes: &[u8]) -> bool {
-    let mut at = 2; // after SOI
-    while at + 4 <= bytes.len() && bytes[at] == 0xFF {
-        let marker = bytes[at + 1];
-        if marker == 0xDA {
-            return false; // start of scan: no more header segments
-        }
-        let length = u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize;
-        if marker == 0xEE && bytes.get(at + 4..at + 9) == Some(b"Adobe") {
-            return true;
-        }
-        at += 2 + length;
-    }
-    false
-}
-
 // ---- GIF ----
 
 fn decode_gif(
@@ -662,13 +509,8 @@ fn decode_gif(
         color::rgba_to_srgb(&mut pixels, icc);
     }
     Ok((
-        SourceImage {
-            width,
-            height,
-            pixels,
-            // GIF transparency is per frame and per palette entry: assume it may be used.
-            has_alpha: true,
-        },
+        // GIF transparency is per frame and per palette entry: assume it may be used.
+        SourceImage::new(width, height, pixels, true),
         Orientation::NoTransforms,
     ))
 }
@@ -797,12 +639,7 @@ fn decode_with_image(
         color::rgba_to_srgb(&mut pixels, icc);
     }
     Ok((
-        SourceImage {
-            width,
-            height,
-            pixels,
-            has_alpha,
-        },
+        SourceImage::new(width, height, pixels, has_alpha),
         orientation,
     ))
 }
@@ -821,6 +658,17 @@ fn image_error(format: &'static str, err: ImageError, limits: &DecodeLimits) -> 
     }
 }
 
+/// Whether `orientation` turns the image a quarter, swapping its width and height.
+fn turns(orientation: Orientation) -> bool {
+    matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
 fn orient(image: SourceImage, orientation: Orientation) -> SourceImage {
     if orientation == Orientation::NoTransforms {
         return image;
@@ -830,16 +678,25 @@ fn orient(image: SourceImage, orientation: Orientation) -> SourceImage {
         height,
         pixels,
         has_alpha,
+        full_width,
+        full_height,
     } = image;
     let buffer = RgbaImage::from_raw(width, height, pixels).expect("buffer matches its size");
     let mut dynamic = DynamicImage::ImageRgba8(buffer);
     dynamic.apply_orientation(orientation);
     let rotated = dynamic.into_rgba8();
+    let (full_width, full_height) = if turns(orientation) {
+        (full_height, full_width)
+    } else {
+        (full_width, full_height)
+    };
     SourceImage {
         width: rotated.width(),
         height: rotated.height(),
         pixels: rotated.into_raw(),
         has_alpha,
+        full_width,
+        full_height,
     }
 }
 
@@ -1176,6 +1033,77 @@ mod tests {
         let odd = [&plain[..first_end], &[0x11; 8][..], &plain[first_end..]].concat();
         let (image, _) = decode(&odd, &DecodeLimits::default()).unwrap();
         assert_eq!((image.width, image.height), (32, 32));
+    }
+
+    /// A JPEG of a smooth pattern, so that a scaled decode can be compared with a reduction.
+    fn smooth_jpeg(width: u32, height: u32) -> Vec<u8> {
+        let pixels: Vec<u8> = (0..height)
+            .flat_map(|y| (0..width).flat_map(move |x| [(x / 3) as u8, (y / 2) as u8, 128]))
+            .collect();
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
+            .write_image(&pixels, width, height, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn jpeg_is_decoded_at_the_smallest_scale_that_holds_the_need() {
+        let bytes = smooth_jpeg(512, 256);
+        let limits = DecodeLimits::default();
+        let need = |width, height| {
+            assert_eq!(
+                (width, height),
+                (512, 256),
+                "the need is asked of the full size"
+            );
+            (100, 50)
+        };
+        let (scaled, info) = decode_at_least(&bytes, &limits, &need).unwrap();
+        // 1/8 would be 64×32, too small for 100×50.
+        assert_eq!((scaled.width, scaled.height), (128, 64));
+        assert_eq!(scaled.pixels.len(), 128 * 64 * 4);
+        assert_eq!(scaled.full_size(), (512, 256));
+        assert_eq!((info.width, info.height), (512, 256));
+
+        // Each scaled pixel is close to the mean of the 4×4 block it stands for.
+        let (full, _) = decode(&bytes, &limits).unwrap();
+        assert_eq!(
+            (full.width, full.height, full.full_size()),
+            (512, 256, (512, 256))
+        );
+        let mut worst = 0.0f64;
+        for y in 0..64 {
+            for x in 0..128 {
+                for c in 0..3 {
+                    let block: f64 = (0..16)
+                        .map(|k| {
+                            let (fx, fy) = (x * 4 + k % 4, y * 4 + k / 4);
+                            f64::from(full.pixels[(fy * 512 + fx) * 4 + c])
+                        })
+                        .sum::<f64>()
+                        / 16.0;
+                    let got = f64::from(scaled.pixels[(y * 128 + x) * 4 + c]);
+                    worst = worst.max((got - block).abs());
+                }
+            }
+        }
+        assert!(
+            worst <= 4.0,
+            "a scaled pixel is {worst} levels from its block"
+        );
+    }
+
+    #[test]
+    fn formats_that_cannot_scale_while_decoding_come_out_at_full_size() {
+        let bytes = png(64, 32, [1, 2, 3, 255]);
+        let (image, info) =
+            decode_at_least(&bytes, &DecodeLimits::default(), &|_, _| (1, 1)).unwrap();
+        assert_eq!(
+            (image.width, image.height, image.full_size()),
+            (64, 32, (64, 32))
+        );
+        assert_eq!((info.width, info.height), (64, 32));
     }
 
     #[test]

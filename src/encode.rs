@@ -14,7 +14,7 @@ use libwebp_sys::{
 };
 
 use crate::backend::RenderedImage;
-use crate::ops::Rendition;
+use crate::ops::RenditionSpec;
 
 /// Why libwebp refused an image. Transient for the job: it means memory ran out or libwebp hit
 /// an internal limit, neither of which is a property of the input alone.
@@ -33,31 +33,22 @@ pub fn encode_webp(image: &RenderedImage) -> Result<Vec<u8>, EncodeError> {
         height: image.height,
         reason,
     };
-    let config = settings(image.spec.rendition, image.spec.quality).map_err(fail)?;
+    let config = settings(&image.spec).map_err(fail)?;
     let mut picture = Picture::import(image).map_err(fail)?;
     picture.encode(&config).map_err(fail)
 }
 
-/// The libwebp method (speed against size, 0 to 6) of each rendition, chosen by measurement
-/// (`bench/webp_sweep.py`, README "Performance"). For lq, the largest and most expensive
-/// encode, method 3 makes the same bytes as 4 (within 0.1 %) for about 4 % less encoder time;
-/// method 2 would be a quarter faster but 7.5 % larger. Thumb keeps 4: method 2 there costs
-/// 2.7 % in bytes and SSIM. Blur is too small for the method to matter. libwebp's other
-/// defaults stay: 4 segments (1 segment is faster but 7 to 14 % larger), no sharp YUV, and
-/// `thread_level` 0, since a second encoder thread would only move work to another core.
-fn method(rendition: Rendition) -> i32 {
-    match rendition {
-        Rendition::Lq => 3,
-        Rendition::Thumb | Rendition::Blur => 4,
-    }
-}
-
-/// The encoder settings of a rendition at `quality`.
-fn settings(rendition: Rendition, quality: f32) -> Result<WebPConfig, String> {
+/// The encoder settings of a rendition. The method comes from the config (`*_method`); its
+/// defaults were chosen by measurement (`bench/webp_sweep.py` and `scripts/bench --variant`,
+/// README "Performance"): lq at 3 makes the same bytes as 4 for less encoder time, thumb and
+/// blur keep 4. libwebp's other defaults stay: 4 segments (1 segment is faster but 7 to 14 %
+/// larger), no sharp YUV, and `thread_level` 0, since a second encoder thread would only move
+/// work to another core.
+fn settings(spec: &RenditionSpec) -> Result<WebPConfig, String> {
     let mut config = WebPConfig::new().map_err(|()| "libwebp version mismatch".to_string())?;
-    config.quality = quality;
+    config.quality = spec.quality;
     config.alpha_quality = 100;
-    config.method = method(rendition);
+    config.method = i32::from(spec.method);
     // SAFETY: `config` is an initialised configuration.
     if unsafe { WebPValidateConfig(&config) } == 0 {
         return Err("invalid encoder configuration".into());
@@ -138,6 +129,7 @@ mod tests {
                 size: 320,
                 quality: 80.0,
                 sigma: 0.0,
+                method: 4,
             },
             width,
             height,
@@ -158,6 +150,26 @@ mod tests {
     fn encoding_is_deterministic() {
         let image = rendered(40, 30, [10, 20, 30, 128]);
         assert_eq!(encode_webp(&image).unwrap(), encode_webp(&image).unwrap());
+    }
+
+    #[test]
+    fn the_specs_method_reaches_the_encoder() {
+        let mut image = rendered(96, 64, [0, 0, 0, 255]);
+        let mut state = 1u32;
+        for (i, v) in image.pixels.iter_mut().enumerate() {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            if i % 4 != 3 {
+                *v = ((i / 4 % 96) as u32 * 2 + (state >> 28)) as u8;
+            }
+        }
+        let sizes: Vec<usize> = [0, 6]
+            .map(|method| {
+                image.spec.method = method;
+                encode_webp(&image).unwrap().len()
+            })
+            .into();
+        // Method 0 makes no rate-distortion decisions; 6 searches hardest.
+        assert!(sizes[1] < sizes[0], "method 0 and 6 gave {sizes:?} bytes");
     }
 
     #[test]

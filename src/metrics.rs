@@ -47,6 +47,17 @@ const STAGE_BOUNDS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// The Redis calls made for every job, each timed from the call to its reply: `claim` (counted
+/// only when it returned a job), `recovery` (the poison check's read) and `settle` (the
+/// outcome's transaction, with its WATCH).
+pub const REDIS_CALLS: &[&str] = &["claim", "recovery", "settle"];
+
+/// Upper bounds of the Redis call histograms, in seconds: a loopback round trip is tens of
+/// microseconds.
+const REDIS_BOUNDS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
+];
+
 /// Upper bounds of the queue-wait histogram, in seconds: waits run from milliseconds to hours.
 const WAIT_BOUNDS: &[f64] = &[
     0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
@@ -166,6 +177,7 @@ pub struct Metrics {
     recoveries: Labelled,
     stages: Vec<Histogram>,
     queue_wait: Histogram,
+    redis_calls: Vec<Histogram>,
     in_flight: AtomicU64,
     backend_waiting: AtomicU64,
     queue_depth: AtomicU64,
@@ -204,6 +216,10 @@ impl Metrics {
                 .map(|_| Histogram::new(STAGE_BOUNDS))
                 .collect(),
             queue_wait: Histogram::new(WAIT_BOUNDS),
+            redis_calls: REDIS_CALLS
+                .iter()
+                .map(|_| Histogram::new(REDIS_BOUNDS))
+                .collect(),
             in_flight: AtomicU64::new(0),
             backend_waiting: AtomicU64::new(0),
             queue_depth: AtomicU64::new(UNSET),
@@ -235,6 +251,13 @@ impl Metrics {
             }
             Counted::Failed(kind) => self.failed.add(kind),
             Counted::Retry(kind) => self.retries.add(kind),
+        }
+    }
+
+    /// Records how long one of the per-job Redis calls ([`REDIS_CALLS`]) took.
+    pub fn observe_redis(&self, call: &str, took: Duration) {
+        if let Some(index) = REDIS_CALLS.iter().position(|known| *known == call) {
+            self.redis_calls[index].observe_ms(took.as_secs_f64() * 1e3);
         }
     }
 
@@ -391,6 +414,16 @@ fn render_histograms(out: &mut String, metrics: &Metrics) {
         "Time from enqueued_at to the claim, for done jobs that carry enqueued_at.",
     );
     metrics.queue_wait.render(out, name, "");
+    let name = "image_worker_redis_call_seconds";
+    header(
+        out,
+        name,
+        "histogram",
+        "Time from call to reply of the Redis calls made for each job (claim: only claims that returned a job).",
+    );
+    for (call, histogram) in REDIS_CALLS.iter().zip(&metrics.redis_calls) {
+        histogram.render(out, name, &format!("call=\"{call}\""));
+    }
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {

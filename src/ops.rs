@@ -61,13 +61,15 @@ impl Rendition {
 }
 
 /// One rendition to produce: fit inside `size`×`size`, blur by `sigma` (blur only), encode at
-/// `quality`.
+/// `quality` with libwebp's `method` (0 fastest to 6 smallest; from the config only, never
+/// from a job).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RenditionSpec {
     pub rendition: Rendition,
     pub size: u32,
     pub quality: f32,
     pub sigma: f32,
+    pub method: u8,
 }
 
 /// The size of an image fitted inside a `box_w`×`box_h` box, keeping the aspect ratio, rounding
@@ -89,6 +91,14 @@ pub fn fit_within(width: u32, height: u32, box_w: u32, box_h: u32) -> (u32, u32)
         let scaled = ((2 * w * bh + h) / (2 * h)).max(1);
         (scaled as u32, box_h)
     }
+}
+
+/// The smallest size that holds every rendition of `plan` made from a `width`×`height` image:
+/// what a decoder that scales while decoding may shrink the image to.
+pub fn largest_fit(width: u32, height: u32, plan: &[RenditionSpec]) -> (u32, u32) {
+    plan.iter()
+        .map(|spec| fit_within(width, height, spec.size, spec.size))
+        .fold((1, 1), |(w, h), (fw, fh)| (w.max(fw), h.max(fh)))
 }
 
 /// Reads a job's optional `ops` field into the list of renditions to make.
@@ -262,16 +272,17 @@ pub fn unpremultiply_rgba(pixels: &mut [u8]) {
 /// The design's three renditions with their default settings, in plan order; what a job
 /// without `ops` gets from a config that changes none of them.
 pub fn default_plan() -> Vec<RenditionSpec> {
-    let spec = |rendition, size, quality, sigma| RenditionSpec {
+    let spec = |rendition, size, quality, sigma, method| RenditionSpec {
         rendition,
         size,
         quality,
         sigma,
+        method,
     };
     vec![
-        spec(Rendition::Thumb, 320, 80.0, 0.0),
-        spec(Rendition::Blur, 64, 60.0, 3.0),
-        spec(Rendition::Lq, 1280, 30.0, 0.0),
+        spec(Rendition::Thumb, 320, 80.0, 0.0, 4),
+        spec(Rendition::Blur, 64, 60.0, 3.0, 4),
+        spec(Rendition::Lq, 1280, 30.0, 0.0, 3),
     ]
 }
 
@@ -301,6 +312,26 @@ mod tests {
         assert_eq!(fit_within(4000, 3000, 320, 320), (320, 240));
         assert_eq!(fit_within(3000, 4000, 320, 320), (240, 320));
         assert_eq!(fit_within(640, 640, 320, 320), (320, 320));
+    }
+
+    #[test]
+    fn largest_fit_is_the_biggest_rendition_on_each_side() {
+        let plan = defaults();
+        assert_eq!(largest_fit(4000, 3000, &plan), (1280, 960));
+        assert_eq!(largest_fit(500, 300, &plan), (500, 300));
+        // Small boxes only: the larger of them decides, whatever the shape.
+        let mixed = [
+            RenditionSpec {
+                size: 40,
+                ..plan[0]
+            },
+            RenditionSpec {
+                size: 30,
+                ..plan[1]
+            },
+        ];
+        assert_eq!(largest_fit(100, 1000, &mixed), (4, 40));
+        assert_eq!(largest_fit(1000, 100, &mixed), (40, 4));
     }
 
     #[test]

@@ -159,7 +159,8 @@ impl Pipeline {
         mark(Stage::Decode);
         failpoint::hit("during-decode");
         let stage = Instant::now();
-        let (image, source) = decode::decode(&bytes, limits)?;
+        let need = |width, height| ops::largest_fit(width, height, &plan);
+        let (image, source) = decode::decode_at_least(&bytes, limits, &need)?;
         drop(bytes);
         timing.decode = ms_since(stage);
 
@@ -343,7 +344,9 @@ impl Worker {
             }
             return Ok(());
         }
+        let asked = Instant::now();
         if let Some(raw) = self.queue.claim(stopping)? {
+            metrics::global().observe_redis("claim", asked.elapsed());
             self.handle(&raw);
         }
         Ok(())
@@ -402,7 +405,10 @@ impl Worker {
     /// Fails the job as `poison` when it was recovered after a worker death more often than
     /// the limit allows. Returns whether it did.
     fn fail_if_poison(&mut self, raw: &[u8], job: &Job, attempt: u32) -> bool {
-        let (recoveries, stage) = match self.queue.recovery(raw, &|| false) {
+        let asked = Instant::now();
+        let recovery = self.queue.recovery(raw, &|| false);
+        metrics::global().observe_redis("recovery", asked.elapsed());
+        let (recoveries, stage) = match recovery {
             Ok(info) => info,
             Err(_) => return false,
         };
@@ -486,10 +492,12 @@ impl Worker {
         failpoint::hit("before-ack");
         // The outcome is written whatever the stop flag says: stopping means finishing this.
         let (pulses, index) = (Arc::clone(&self.pulses), self.index);
+        let asked = Instant::now();
         let settled = self.queue.settle(raw, outcome, &move || {
             pulses.beat(index);
             false
         });
+        metrics::global().observe_redis("settle", asked.elapsed());
         self.mark(Stage::Idle);
         match settled {
             Ok(Settled::Written) => metrics::global().count(counted),

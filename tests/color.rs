@@ -109,12 +109,16 @@ fn display_p3_jpeg_and_png_are_converted_to_srgb() {
 fn cmyk_and_ycck_jpegs_without_profile_use_the_complement_formula() {
     let dirs = Dirs::new();
     let inks = [[20u8, 100, 200, 30], [0, 0, 0, 0], [180, 20, 60, 90]];
-    for (i, (cmyk, ycck)) in inks
+    // 2600 wide is decoded at half size (the lq rendition needs 1280 of it), 80 at full size.
+    let sizes = [(80, 60), (2600, 100)];
+    for (i, (cmyk, ycck, (width, height))) in inks
         .iter()
         .flat_map(|c| [(*c, false), (*c, true)])
+        .flat_map(|(c, ycck)| sizes.map(|size| (c, ycck, size)))
         .enumerate()
     {
-        let input = dirs.input_file(&format!("cmyk{i}.jpg"), &cmyk_jpeg(80, 60, cmyk, ycck));
+        let jpeg = cmyk_jpeg(width, height, cmyk, ycck);
+        let input = dirs.input_file(&format!("cmyk{i}.jpg"), &jpeg);
         let k = 255 - cmyk[3] as u32;
         let expected = [0, 1, 2].map(|c| (((255 - cmyk[c] as u32) * k + 127) / 255) as u8);
         let got = process_centre_pixel(&dirs, &input, &format!("cmyk{i}"));
@@ -122,7 +126,7 @@ fn cmyk_and_ycck_jpegs_without_profile_use_the_complement_formula() {
             let diff = (got[c] as i32 - expected[c] as i32).abs();
             assert!(
                 diff <= TOLERANCE,
-                "inks {cmyk:?} (ycck: {ycck}): got {got:?}, expected {expected:?}"
+                "inks {cmyk:?} (ycck: {ycck}, {width}×{height}): got {got:?}, expected {expected:?}"
             );
         }
     }

@@ -137,12 +137,7 @@ fn test_image(width: u32, height: u32, alpha: bool, seed: u32) -> SourceImage {
             pixels.extend_from_slice(&[r, g, b, a]);
         }
     }
-    SourceImage {
-        width,
-        height,
-        pixels,
-        has_alpha: alpha,
-    }
+    SourceImage::new(width, height, pixels, alpha)
 }
 
 /// Colour as it is seen: premultiplied by alpha, so that the colour of nearly transparent

@@ -413,6 +413,16 @@ fn metrics_count_exactly_the_settled_jobs_with_their_labels() {
         );
         assert_eq!(count, Some(3.0), "stage {stage} timed once per done job");
     }
+    for call in ["claim", "settle"] {
+        let labels = [("call", call)];
+        let count = value(&samples, "image_worker_redis_call_seconds_count", &labels);
+        assert_eq!(count, Some(jobs), "redis {call} timed once per job\n{body}");
+        let sum = value(&samples, "image_worker_redis_call_seconds_sum", &labels).unwrap();
+        assert!(
+            sum > 0.0 && sum < jobs,
+            "redis {call} took {sum} s for {jobs} jobs"
+        );
+    }
     assert_idle_cpu_gauges(&samples);
 
     // Nothing is counted twice on a later scrape.

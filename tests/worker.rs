@@ -23,11 +23,13 @@ fn jpeg_png_with_alpha_and_oriented_jpeg_end_in_done_with_fitted_webps() {
     let redis = RedisServer::start();
     let dirs = Dirs::new();
     let mut conn = redis.conn();
+    // Both JPEGs are large enough to be decoded at half size (shrink-on-load); the outputs
+    // are still sized from the full image.
     let cases = [
         (
             "photo",
-            dirs.input_file("photo.jpg", &jpeg(2000, 1000)),
-            (2000, 1000),
+            dirs.input_file("photo.jpg", &jpeg(3000, 1500)),
+            (3000, 1500),
         ),
         (
             "cutout",
@@ -36,8 +38,8 @@ fn jpeg_png_with_alpha_and_oriented_jpeg_end_in_done_with_fitted_webps() {
         ),
         (
             "rotated",
-            dirs.input_file("rotated.jpg", &jpeg_with_orientation(1600, 900, 6)),
-            (900, 1600),
+            dirs.input_file("rotated.jpg", &jpeg_with_orientation(3200, 1800, 6)),
+            (1800, 3200),
         ),
     ];
     for (id, path, _) in &cases {

@@ -279,7 +279,7 @@ mod tests {
         // Each rendition's final bytes and size, once made.
         type Made = Option<(Vec<u8>, (u32, u32))>;
         let mut made: Vec<Made> = vec![None; plan.len()];
-        for step in crate::backend::cpu::cascade(dims, plan) {
+        for step in crate::backend::cpu::cascade(source.full_size(), plan) {
             let spec = &plan[step.index];
             let (input, from) = match step.base {
                 Some(b) => {
@@ -335,12 +335,7 @@ mod tests {
                 ]);
             }
         }
-        SourceImage {
-            width,
-            height,
-            pixels,
-            has_alpha: alpha,
-        }
+        SourceImage::new(width, height, pixels, alpha)
     }
 
     /// The tables, applied in the kernels' order (columns, round, rows, round) along the CPU

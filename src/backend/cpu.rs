@@ -111,7 +111,9 @@ pub struct CascadeStep {
     pub base: Option<usize>,
 }
 
-/// The filter chain for a source of `source` size, in the order the steps must run: largest
+/// The filter chain for an image of `source` size (its own size: a source decoded smaller, by
+/// JPEG shrink-on-load, is still at least the largest rendition), in the order the steps must
+/// run: largest
 /// box first (a stable sort keeps plan order among equal boxes), each rendition from the
 /// smallest unblurred one already made that is at least [`CASCADE_FACTOR`] times its size in
 /// each side, else from the source. Both backends follow it.
@@ -159,7 +161,7 @@ impl Backend for CpuBackend {
         plan: &[RenditionSpec],
     ) -> Result<Vec<RenderedImage>, BackendError> {
         let mut made: Vec<Option<RenderedImage>> = vec![None; plan.len()];
-        for step in cascade((source.width, source.height), plan) {
+        for step in cascade(source.full_size(), plan) {
             let from = match step.base {
                 Some(base) => {
                     let base = made[base]
@@ -205,6 +207,7 @@ mod tests {
             size,
             quality: 80.0,
             sigma: 3.0,
+            method: 4,
         }
     }
 
@@ -216,12 +219,7 @@ mod tests {
                 pixels.extend_from_slice(&[v, v, v, 255]);
             }
         }
-        SourceImage {
-            width,
-            height,
-            pixels,
-            has_alpha: false,
-        }
+        SourceImage::new(width, height, pixels, false)
     }
 
     fn photo_like(width: u32, height: u32) -> SourceImage {
@@ -232,21 +230,16 @@ mod tests {
                 pixels.extend_from_slice(&[v, 255 - v, (x % 256) as u8, 255]);
             }
         }
-        SourceImage {
-            width,
-            height,
-            pixels,
-            has_alpha: false,
-        }
+        SourceImage::new(width, height, pixels, false)
     }
 
     fn as_source(rendered: &RenderedImage) -> SourceImage {
-        SourceImage {
-            width: rendered.width,
-            height: rendered.height,
-            pixels: rendered.pixels.clone(),
-            has_alpha: false,
-        }
+        SourceImage::new(
+            rendered.width,
+            rendered.height,
+            rendered.pixels.clone(),
+            false,
+        )
     }
 
     #[test]
@@ -342,12 +335,7 @@ mod tests {
                 });
             }
         }
-        let source = SourceImage {
-            width: w,
-            height: h,
-            pixels,
-            has_alpha: true,
-        };
+        let source = SourceImage::new(w, h, pixels, true);
         let out = CpuBackend::new()
             .render(&source, &[spec(Rendition::Blur, 64)])
             .unwrap();
@@ -358,12 +346,7 @@ mod tests {
 
     #[test]
     fn one_pixel_image_survives_every_rendition() {
-        let source = SourceImage {
-            width: 1,
-            height: 1,
-            pixels: vec![1, 2, 3, 255],
-            has_alpha: false,
-        };
+        let source = SourceImage::new(1, 1, vec![1, 2, 3, 255], false);
         let plan = [
             spec(Rendition::Thumb, 320),
             spec(Rendition::Blur, 64),

@@ -976,7 +976,7 @@ impl PlannedPass {
     /// The passes of `plan` in plan order, and the order they must run in: the CPU backend's
     /// filter chain ([`cascade`]), so that both backends resample the same images.
     fn plan(source: &SourceImage, plan: &[RenditionSpec]) -> (Vec<PlannedPass>, Vec<usize>) {
-        let steps = cascade((source.width, source.height), plan);
+        let steps = cascade(source.full_size(), plan);
         let mut passes: Vec<Option<PlannedPass>> = plan.iter().map(|_| None).collect();
         for step in &steps {
             let spec = plan[step.index];
