@@ -410,7 +410,6 @@ def run_all(args, work, manifest_data):
                           settings) for settings in args.variants]
     names += [v.name for v in variants]
     one, every, daemons = {n: [] for n in names}, {n: [] for n in names}, {1: [], 2: []}
-    one.update({v.name: [] for v in variants})
     for run in range(args.runs):
         # Rotate the order so that no contender always runs right after the same neighbour.
         order = contenders[run % len(contenders):] + contenders[:run % len(contenders)]
@@ -447,7 +446,7 @@ def summarise(args, work, manifest_data, names, one, every):
             "bytes": check_outputs(name, out_dir, manifest_data),
             "ssim": quality(out_dir, manifest_data, refs),
         }
-        for core in range(args.cores if name in every else 0):
+        for core in range(args.cores if every.get(name) else 0):
             check_outputs(name, os.path.join(work, f"all-{name}-{core}"), manifest_data)
     return rows
 

@@ -196,7 +196,7 @@ pub const SETTINGS: &[Setting] = &[
     one(
         "lq_method",
         "M",
-        "preview libwebp method, 0 (fastest) to 6 (smallest) [default: 3]",
+        "preview libwebp method, 0 (fastest) to 6 (smallest) [default: 2]",
     ),
 ];
 
@@ -497,7 +497,7 @@ impl Config {
             renditions: vec![
                 r.rendition(Rendition::Thumb, "320", "80", "4", None)?,
                 r.rendition(Rendition::Blur, "64", "60", "4", Some("3"))?,
-                r.rendition(Rendition::Lq, "1280", "30", "3", None)?,
+                r.rendition(Rendition::Lq, "1280", "30", "2", None)?,
             ],
         };
         config.check_relations(raw)?;
@@ -840,10 +840,10 @@ mod tests {
     #[test]
     fn webp_method_is_read_per_rendition_within_libwebps_range() {
         let mut raw = RawSettings::default();
-        raw.read_file(Path::new("/w.toml"), "lq_method = 2\nthumb_method = 6\n")
+        raw.read_file(Path::new("/w.toml"), "lq_method = 1\nthumb_method = 6\n")
             .unwrap();
         let config = resolve(&raw).unwrap();
-        assert_eq!(config.rendition(Rendition::Lq).method, 2);
+        assert_eq!(config.rendition(Rendition::Lq).method, 1);
         assert_eq!(config.rendition(Rendition::Thumb).method, 6);
         assert_eq!(config.rendition(Rendition::Blur).method, 4);
 

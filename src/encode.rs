@@ -14,7 +14,7 @@ use libwebp_sys::{
 };
 
 use crate::backend::RenderedImage;
-use crate::ops::RenditionSpec;
+use crate::ops::{Rendition, RenditionSpec};
 
 /// Why libwebp refused an image. Transient for the job: it means memory ran out or libwebp hit
 /// an internal limit, neither of which is a property of the input alone.
@@ -39,16 +39,29 @@ pub fn encode_webp(image: &RenderedImage) -> Result<Vec<u8>, EncodeError> {
 }
 
 /// The encoder settings of a rendition. The method comes from the config (`*_method`); its
-/// defaults were chosen by measurement (`bench/webp_sweep.py` and `scripts/bench --variant`,
-/// README "Performance"): lq at 3 makes the same bytes as 4 for less encoder time, thumb and
-/// blur keep 4. libwebp's other defaults stay: 4 segments (1 segment is faster but 7 to 14 %
-/// larger), no sharp YUV, and `thread_level` 0, since a second encoder thread would only move
-/// work to another core.
+/// defaults were chosen by measurement on the benchmark corpus (`scripts/bench --variant`,
+/// README "Performance"):
+///
+/// - lq at method 2, where libwebp makes no rate-distortion decisions: a third less CPU per
+///   image than method 3 or 4. With libwebp's defaults its files were 7.5 % larger and its SSIM
+///   lower; spatial noise shaping at 60 (default 50) and the strongest loop filter (100,
+///   default 60) win back both: lq bytes +6 % and SSIM −0.0004 against method 3. These two
+///   apply to lq at method 2 only: at 3 and 4 the same values cost 0.0014 of SSIM.
+/// - thumb and blur at 4: thumb at 2 costs 2.7 % in bytes and SSIM, at 5 or 6 (trellis) it is
+///   smaller but loses 0.0015 of SSIM; blur is too small for the method to matter.
+///
+/// libwebp's other defaults stay: 4 segments (1 segment is faster but 7 to 14 % larger), no
+/// sharp YUV, no automatic filter choice (ten times the CPU), and `thread_level` 0, since a
+/// second encoder thread would only move work to another core.
 fn settings(spec: &RenditionSpec) -> Result<WebPConfig, String> {
     let mut config = WebPConfig::new().map_err(|()| "libwebp version mismatch".to_string())?;
     config.quality = spec.quality;
     config.alpha_quality = 100;
     config.method = i32::from(spec.method);
+    if spec.rendition == Rendition::Lq && spec.method == 2 {
+        config.sns_strength = 60;
+        config.filter_strength = 100;
+    }
     // SAFETY: `config` is an initialised configuration.
     if unsafe { WebPValidateConfig(&config) } == 0 {
         return Err("invalid encoder configuration".into());
@@ -120,7 +133,6 @@ impl Drop for Picture {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::{Rendition, RenditionSpec};
 
     fn rendered(width: u32, height: u32, rgba: [u8; 4]) -> RenderedImage {
         RenderedImage {
@@ -170,6 +182,29 @@ mod tests {
             .into();
         // Method 0 makes no rate-distortion decisions; 6 searches hardest.
         assert!(sizes[1] < sizes[0], "method 0 and 6 gave {sizes:?} bytes");
+    }
+
+    #[test]
+    fn lq_at_method_2_gets_its_measured_tuning_and_nothing_else_does() {
+        let lq = crate::ops::default_plan()[2];
+        assert_eq!((lq.rendition, lq.method), (Rendition::Lq, 2));
+        let tuned = settings(&lq).unwrap();
+        assert_eq!((tuned.sns_strength, tuned.filter_strength), (60, 100));
+        let libwebp = WebPConfig::new().unwrap();
+        for spec in [
+            RenditionSpec { method: 3, ..lq },
+            RenditionSpec {
+                rendition: Rendition::Thumb,
+                ..lq
+            },
+        ] {
+            let config = settings(&spec).unwrap();
+            assert_eq!(
+                (config.sns_strength, config.filter_strength),
+                (libwebp.sns_strength, libwebp.filter_strength),
+                "{spec:?}"
+            );
+        }
     }
 
     #[test]

@@ -282,7 +282,7 @@ pub fn default_plan() -> Vec<RenditionSpec> {
     vec![
         spec(Rendition::Thumb, 320, 80.0, 0.0, 4),
         spec(Rendition::Blur, 64, 60.0, 3.0, 4),
-        spec(Rendition::Lq, 1280, 30.0, 0.0, 3),
+        spec(Rendition::Lq, 1280, 30.0, 0.0, 2),
     ]
 }
 

@@ -3,15 +3,19 @@
 //! # Filter chain
 //!
 //! Every rendition's size is [`ops::fit_within`] of the *source* size, whatever it is made from.
-//! Renditions are made largest box first, and each one is resampled from the smallest rendition
-//! already made (blurred ones excepted) whose width and height are both at least
-//! [`CASCADE_FACTOR`] times its own, or from the source when there is none. With the defaults
-//! and a large photograph this is a cascade:
+//! Renditions are made largest box first, and each one is resampled from a rendition already
+//! made (blurred ones excepted) whose width and height are both at least [`CASCADE_FACTOR`]
+//! times its own, or from the source when there is none: the smallest such for a sharp
+//! rendition, the largest for a blurred one. With the defaults and a large photograph this is a
+//! cascade:
 //!
 //! - lq: Lanczos3 from the source;
 //! - thumb: Lanczos3 from lq (a 1280 box is 4× the 320 one);
-//! - blur: area (box) reduction from thumb (5× larger), then the Gaussian of
-//!   [`crate::ops::gaussian_blur_rgba`].
+//! - blur: area (box) reduction from lq, then the Gaussian of
+//!   [`crate::ops::gaussian_blur_rgba`]. An area reduction averages every pixel of its input,
+//!   so starting from lq rather than from the Lanczos-filtered thumb costs little (a box of
+//!   20×20 pixels per output pixel) and keeps the placeholder closer to the source (SSIM
+//!   0.97079 → 0.97120 on the benchmark corpus).
 //!
 //! An image that fits the lq box is its own lq; below 640 px its thumb comes from the source. A
 //! Lanczos3 convolution widens with the ratio, so large reductions are antialiased; starting
@@ -113,10 +117,10 @@ pub struct CascadeStep {
 
 /// The filter chain for an image of `source` size (its own size: a source decoded smaller, by
 /// JPEG shrink-on-load, is still at least the largest rendition), in the order the steps must
-/// run: largest
-/// box first (a stable sort keeps plan order among equal boxes), each rendition from the
-/// smallest unblurred one already made that is at least [`CASCADE_FACTOR`] times its size in
-/// each side, else from the source. Both backends follow it.
+/// run: largest box first (a stable sort keeps plan order among equal boxes), each rendition
+/// from an unblurred one already made that is at least [`CASCADE_FACTOR`] times its size in
+/// each side, else from the source: the smallest such for a sharp rendition, the largest for a
+/// blurred one. Both backends follow it.
 pub fn cascade(source: (u32, u32), plan: &[RenditionSpec]) -> Vec<CascadeStep> {
     let mut order: Vec<usize> = (0..plan.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(plan[i].size));
@@ -124,14 +128,19 @@ pub fn cascade(source: (u32, u32), plan: &[RenditionSpec]) -> Vec<CascadeStep> {
     for index in order {
         let spec = &plan[index];
         let size = ops::fit_within(source.0, source.1, spec.size, spec.size);
-        let base = steps
+        let bases = steps
             .iter()
             .filter(|made| !plan[made.index].rendition.is_blurred())
             .filter(|made| {
                 made.size.0 >= size.0 * CASCADE_FACTOR && made.size.1 >= size.1 * CASCADE_FACTOR
-            })
-            .min_by_key(|made| u64::from(made.size.0) * u64::from(made.size.1))
-            .map(|made| made.index);
+            });
+        let area = |made: &&CascadeStep| u64::from(made.size.0) * u64::from(made.size.1);
+        let base = if spec.rendition.is_blurred() {
+            bases.max_by_key(area)
+        } else {
+            bases.min_by_key(area)
+        }
+        .map(|made| made.index);
         steps.push(CascadeStep { index, size, base });
     }
     steps
@@ -259,10 +268,18 @@ mod tests {
             .render(&as_source(lq), &[spec(Rendition::Thumb, 40)])
             .unwrap();
         assert_eq!(thumb.pixels, from_lq[0].pixels, "thumb is made from lq");
+        // The placeholder's area reduction starts from the largest rendition, lq.
+        let from_lq = CpuBackend::new()
+            .render(&as_source(lq), &[spec(Rendition::Blur, 8)])
+            .unwrap();
+        assert_eq!(blur.pixels, from_lq[0].pixels, "blur is made from lq");
         let from_thumb = CpuBackend::new()
             .render(&as_source(thumb), &[spec(Rendition::Blur, 8)])
             .unwrap();
-        assert_eq!(blur.pixels, from_thumb[0].pixels, "blur is made from thumb");
+        assert_ne!(
+            blur.pixels, from_thumb[0].pixels,
+            "blur is not made from thumb"
+        );
     }
 
     #[test]
