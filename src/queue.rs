@@ -129,6 +129,15 @@ fn note_link_up(url: &str) {
     }
 }
 
+/// A claimed job.
+#[derive(Debug)]
+pub struct Claim {
+    pub payload: Vec<u8>,
+    /// Whether Redis held recovery counts for any job when this one was claimed; when not,
+    /// this job has none ([`Queue::recovery`] would answer 0).
+    pub may_be_recovered: bool,
+}
+
 /// How a settle call ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Settled {
@@ -166,8 +175,12 @@ impl Queue {
     /// A queue for `consumer`; no connection is made until the first call.
     pub fn new(url: &str, naming: &KeyNaming, consumer: &str) -> Result<Queue, QueueError> {
         let keys = Keys::new(naming);
+        // Stage marks are written without waiting for their replies; with Nagle's algorithm
+        // the next call would then wait for the server to acknowledge them first.
+        let info = redis::IntoConnectionInfo::into_connection_info(url)?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         Ok(Queue {
-            client: redis::Client::open(url)?,
+            client: redis::Client::open(info)?,
             url: url.to_owned(),
             conn: None,
             processing: keys.processing(consumer),
@@ -194,18 +207,33 @@ impl Queue {
         stopping: &dyn Fn() -> bool,
         mut op: impl FnMut(&mut Connection, &Keys, &str) -> RedisResult<T>,
     ) -> Result<T, QueueError> {
+        self.call_behind(stopping, |conn, keys, processing, unread| {
+            read_unread(conn, unread)?;
+            op(conn, keys, processing)
+        })
+    }
+
+    /// [`Queue::call`] for an `op` that reads the replies still owed for commands sent without
+    /// waiting ([`Queue::mark_stage`]) itself, after sending its own first command, so that
+    /// both travel in one round trip (see [`send_behind`]).
+    fn call_behind<T>(
+        &mut self,
+        stopping: &dyn Fn() -> bool,
+        mut op: impl FnMut(&mut Connection, &Keys, &str, &mut usize) -> RedisResult<T>,
+    ) -> Result<T, QueueError> {
         let mut delay = BACKOFF_FIRST;
         loop {
-            let connected = connect(&self.client, &mut self.conn, &mut self.reconnected)
-                .and_then(|conn| read_unread(conn, &mut self.unread_replies).map(|()| conn));
+            let connected = connect(&self.client, &mut self.conn, &mut self.reconnected);
             let err = match connected {
-                Ok(conn) => match op(conn, &self.keys, &self.processing) {
-                    Ok(value) => {
-                        note_link_up(&self.url);
-                        return Ok(value);
+                Ok(conn) => {
+                    match op(conn, &self.keys, &self.processing, &mut self.unread_replies) {
+                        Ok(value) => {
+                            note_link_up(&self.url);
+                            return Ok(value);
+                        }
+                        Err(err) => err,
                     }
-                    Err(err) => err,
-                },
+                }
                 Err(err) => err,
             };
             // A connection that saw any error may hold half a reply or a WATCH: start afresh.
@@ -238,13 +266,25 @@ impl Queue {
     }
 
     /// Blocks up to [`CLAIM_BLOCK`] for a job and moves it into this worker's processing list.
-    pub fn claim(&mut self, stopping: &dyn Fn() -> bool) -> Result<Option<Vec<u8>>, QueueError> {
-        self.call(stopping, |conn, keys, processing| {
-            redis::cmd("BRPOPLPUSH")
+    ///
+    /// The same round trip asks whether any job at all has recoveries recorded (`HLEN`, run
+    /// by Redis right after the claim): when none has, the claimed one has none either, and
+    /// the poison check needs no round trip of its own.
+    pub fn claim(&mut self, stopping: &dyn Fn() -> bool) -> Result<Option<Claim>, QueueError> {
+        self.call_behind(stopping, |conn, keys, processing, unread| {
+            let mut claim = redis::pipe();
+            claim
+                .cmd("BRPOPLPUSH")
                 .arg(&keys.jobs)
                 .arg(processing)
                 .arg(CLAIM_BLOCK.as_secs())
-                .query(conn)
+                .cmd("HLEN")
+                .arg(&keys.recoveries);
+            let (payload, recovered): (Option<Vec<u8>>, u64) = send_behind(conn, unread, &claim)?;
+            Ok(payload.map(|payload| Claim {
+                payload,
+                may_be_recovered: recovered > 0,
+            }))
         })
     }
 
@@ -269,8 +309,8 @@ impl Queue {
         outcome: &Outcome<'_>,
         stopping: &dyn Fn() -> bool,
     ) -> Result<Settled, QueueError> {
-        self.call(stopping, |conn, keys, processing| {
-            settle_once(conn, keys, processing, raw, outcome)
+        self.call_behind(stopping, |conn, keys, processing, unread| {
+            settle_once(conn, keys, processing, raw, outcome, unread)
         })
     }
 
@@ -280,15 +320,15 @@ impl Queue {
         raw: &[u8],
         stopping: &dyn Fn() -> bool,
     ) -> Result<(u32, Option<String>), QueueError> {
-        self.call(stopping, |conn, keys, _| {
-            let (count, stage): (Option<u32>, Option<String>) = redis::pipe()
-                .cmd("HGET")
+        self.call_behind(stopping, |conn, keys, _, unread| {
+            let mut read = redis::pipe();
+            read.cmd("HGET")
                 .arg(&keys.recoveries)
                 .arg(raw)
                 .cmd("HGET")
                 .arg(&keys.last_stage)
-                .arg(raw)
-                .query(conn)?;
+                .arg(raw);
+            let (count, stage): (Option<u32>, Option<String>) = send_behind(conn, unread, &read)?;
             Ok((count.unwrap_or(0), stage))
         })
     }
@@ -446,6 +486,23 @@ fn read_unread(conn: &mut Connection, unread: &mut usize) -> RedisResult<()> {
     Ok(())
 }
 
+/// Sends `commands`, then reads the `unread` replies still owed for earlier commands (sent
+/// without waiting, and answered in order before these) and then the replies of `commands`.
+/// A stage mark sent just before a call thus costs no round trip of its own: its reply comes
+/// back with the call's.
+fn send_behind<T: redis::FromRedisValue>(
+    conn: &mut Connection,
+    unread: &mut usize,
+    commands: &redis::Pipeline,
+) -> RedisResult<T> {
+    conn.send_packed_command(&commands.get_packed_pipeline())?;
+    read_unread(conn, unread)?;
+    let replies = (0..commands.len())
+        .map(|_| conn.recv_response())
+        .collect::<RedisResult<Vec<_>>>()?;
+    redis::from_redis_value(redis::Value::Array(replies)).map_err(Into::into)
+}
+
 /// The open connection, or a new one; a new one marks the processing list for a scan.
 fn connect<'c>(
     client: &redis::Client,
@@ -470,16 +527,17 @@ fn settle_once(
     processing: &str,
     raw: &[u8],
     outcome: &Outcome<'_>,
+    unread: &mut usize,
 ) -> RedisResult<Settled> {
     loop {
-        let (position,): (Option<i64>,) = redis::pipe()
+        let mut check = redis::pipe();
+        check
             .cmd("WATCH")
             .arg(processing)
-            .ignore()
             .cmd("LPOS")
             .arg(processing)
-            .arg(raw)
-            .query(conn)?;
+            .arg(raw);
+        let ((), position): ((), Option<i64>) = send_behind(conn, unread, &check)?;
         if position.is_none() {
             redis::cmd("UNWATCH").query::<()>(conn)?;
             return Ok(Settled::AlreadyGone);

@@ -325,7 +325,7 @@ impl Worker {
             );
             self.queue.note_recovery(&raw, stage.as_deref(), stopping)?;
             metrics::global().count_recovery("restart");
-            self.handle(&raw);
+            self.handle(&raw, true);
         }
         Ok(())
     }
@@ -340,14 +340,14 @@ impl Worker {
                     raw.len()
                 );
                 metrics::global().count_recovery("reconnect");
-                self.handle(&raw);
+                self.handle(&raw, true);
             }
             return Ok(());
         }
         let asked = Instant::now();
-        if let Some(raw) = self.queue.claim(stopping)? {
+        if let Some(claim) = self.queue.claim(stopping)? {
             metrics::global().observe_redis("claim", asked.elapsed());
-            self.handle(&raw);
+            self.handle(&claim.payload, claim.may_be_recovered);
         }
         Ok(())
     }
@@ -358,7 +358,8 @@ impl Worker {
     }
 
     /// Runs one claimed payload and writes its outcome; never gives up on the write.
-    fn handle(&mut self, raw: &[u8]) {
+    /// `may_be_recovered` is false when Redis is known to hold no recovery count for it.
+    fn handle(&mut self, raw: &[u8], may_be_recovered: bool) {
         failpoint::hit("after-claim");
         let _in_flight = metrics::global().job_in_flight();
         self.mark(Stage::Claimed);
@@ -378,7 +379,7 @@ impl Worker {
             }
         };
         let attempt = job.attempts.saturating_add(1);
-        if self.fail_if_poison(raw, &job, attempt) {
+        if may_be_recovered && self.fail_if_poison(raw, &job, attempt) {
             return;
         }
         let pipeline = Arc::clone(&self.pipeline);

@@ -154,6 +154,44 @@ fn a_job_that_kills_its_worker_every_time_fails_as_poison_naming_the_stage() {
 }
 
 #[test]
+fn a_requeued_job_past_the_poison_limit_fails_as_poison_when_claimed() {
+    // What requeue-stuck leaves for a job whose workers kept dying: its recovery count and
+    // last stage recorded, the payload back on the queue. The claim must see the count even
+    // though it asks for it in the same round trip as the claim itself.
+    let redis = RedisServer::start();
+    let dirs = Dirs::new();
+    let mut conn = redis.conn();
+    let doomed = job_json("doomed", &dirs.input_file("doomed.png", &png_rgba(16, 16)));
+    let fine = job_json("fine", &dirs.input_file("fine.png", &png_rgba(16, 16)));
+    redis::pipe()
+        .cmd("HSET")
+        .arg("image_worker:recoveries")
+        .arg(&doomed)
+        .arg(3)
+        .cmd("HSET")
+        .arg("image_worker:last_stage")
+        .arg(&doomed)
+        .arg("encode")
+        .query::<()>(&mut conn)
+        .unwrap();
+    push_job(&mut conn, &doomed);
+    push_job(&mut conn, &fine);
+
+    let daemon = Daemon::start(&redis, &dirs, &one_worker());
+    wait_for_outcomes(&mut conn, 2, WAIT);
+    assert!(daemon.stop().success());
+    let failed = messages(&mut conn, "image_failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["id"], "doomed");
+    assert_eq!(failed[0]["kind"], "poison");
+    assert_eq!(failed[0]["stage"], "encode");
+    let done = messages(&mut conn, "image_done");
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0]["id"], "fine");
+    assert_invariant(&mut conn, &ids(&["doomed", "fine"]), &dirs.output);
+}
+
+#[test]
 fn sigterm_with_jobs_in_flight_exits_0_and_loses_nothing() {
     let redis = RedisServer::start();
     let dirs = Dirs::new();
